@@ -1,0 +1,30 @@
+# mokit: `make lab` opens the course, `make test` checks it, `make course` runs it all.
+# Each target first creates/refreshes .venv; that step is skipped when nothing changed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# JupyterLab refuses to run as root unless told; a learner's laptop never needs this.
+ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+
+.PHONY: setup lab test course clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	@touch $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks/
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+course: $(STAMP)
+	$(BIN)/python -m mokit.course
+
+clean:
+	rm -rf runs .pytest_cache

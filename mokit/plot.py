@@ -1,0 +1,85 @@
+"""Matplotlib figures the notebooks show. Each returns its Figure (and never calls plt.show)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import torch
+
+from .train import History
+
+
+def training_curves(histories: Mapping[str, History], *, smooth: int = 20, title: str = ""):
+    """Per-step loss (moving average over `smooth` steps) and per-epoch accuracy, one line per run."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for name, h in histories.items():
+        loss = torch.tensor(h.steps)
+        if smooth > 1 and len(loss) > smooth:
+            loss = torch.nn.functional.avg_pool1d(loss[None, None], smooth, 1).flatten()
+        ax_loss.plot(loss, label=name)
+        key = "val_acc" if "val_acc" in h.final else "train_acc"
+        ax_acc.plot(h.column("epoch"), h.column(key), marker="o", label=name)
+        ax_acc.set_ylabel("validation accuracy %" if key == "val_acc" else "train accuracy %")
+    ax_loss.set(xlabel="step", ylabel="training loss", yscale="log", title="loss")
+    ax_acc.set(xlabel="epoch", title="accuracy")
+    ax_acc.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion(cm: torch.Tensor, classes: Sequence[str], *, title: str = "confusion matrix"):
+    """Heat map of a confusion matrix with counts written in each cell."""
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(0.55 * k + 2, 0.55 * k + 1.5))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            v = int(cm[i, j])
+            ax.text(j, i, v, ha="center", va="center", fontsize=7,
+                    color="white" if v > cm.max() / 2 else "black")
+    ax.set_xticks(range(k), classes, rotation=60, fontsize=8)
+    ax.set_yticks(range(k), classes, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def samples(data, n: int = 32, *, predictions: torch.Tensor | None = None, seed: int = 0):
+    """A grid of n examples with their labels (and predictions, red when wrong)."""
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
+    x = data.x[idx].cpu().float()
+    x = (x - x.amin(dim=(1, 2, 3), keepdim=True)) / (x.amax(dim=(1, 2, 3), keepdim=True)
+                                                     - x.amin(dim=(1, 2, 3), keepdim=True) + 1e-8)
+    cols = 8
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.35))
+    for ax, i, img in zip(axes.flat, idx.tolist(), x):
+        ax.imshow(img.permute(1, 2, 0).squeeze(-1), cmap="gray" if img.shape[0] == 1 else None)
+        label = data.classes[int(data.y[i])]
+        if predictions is not None:
+            pred = data.classes[int(predictions[i])]
+            ax.set_title(f"{pred}", fontsize=7, color="black" if pred == label else "red")
+        else:
+            ax.set_title(label, fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def bars(values: Mapping[str, float], *, errors: Mapping[str, float] | None = None,
+         ylabel: str = "", title: str = "", ylim: tuple[float, float] | None = None):
+    """A labelled bar chart (with optional error bars), values written above the bars."""
+    names = list(values)
+    fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(names)), 3.5))
+    err = [errors[n] for n in names] if errors else None
+    rects = ax.bar(names, [values[n] for n in names], yerr=err, capsize=4, color="tab:blue")
+    ax.bar_label(rects, fmt="%.2f", fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
