@@ -1,0 +1,102 @@
+import gzip
+
+import pytest
+import torch
+
+from mokit import data
+
+
+def test_standin_shapes_classes_and_signal(standin):
+    for name, spec in data.DATASETS.items():
+        d = data.load_dataset(name, "test")
+        assert not d.real
+        assert d.shape == spec.shape and d.classes == spec.classes
+        assert d.y.min() >= 0 and d.y.max() == len(spec.classes) - 1
+        # a real learnable signal: class means differ far more than noise would make them
+        means = torch.stack([d.x[d.y == c].mean(0) for c in range(d.num_classes)])
+        assert means.std(0).mean() > 0.1
+
+
+def test_standin_is_announced(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("MOKIT_OFFLINE", "1")
+    monkeypatch.setenv("MOKIT_CACHE", str(tmp_path / "cache"))
+    with pytest.warns(UserWarning, match="stand-in"):
+        d = data.load_dataset("mnist", "test", root=tmp_path / "empty")
+    assert not d.real
+    assert "STAND-IN" in capsys.readouterr().out
+
+
+def test_bad_names_list_valid_ones():
+    with pytest.raises(ValueError, match="valid names: cifar10, fashion_mnist, mnist"):
+        data.load_dataset("imagenet")
+    with pytest.raises(ValueError, match="valid splits"):
+        data.load_dataset("mnist", "validation")
+    with pytest.raises(ValueError, match="subset"):
+        data.load_dataset("mnist", subset=0)
+
+
+def test_batches_seeded_cover_everything_and_reiterate(standin):
+    d = data.load_dataset("mnist", "test", subset=500)
+    b1, b2 = d.batches(64, seed=3), d.batches(64, seed=3)
+    assert len(b1) == 8
+    first = [y for _, y in b1]
+    assert all(torch.equal(a, b) for a, b in zip(first, [y for _, y in b2]))
+    assert sorted(torch.cat(first).tolist()) == sorted(d.y.tolist())
+    second_epoch = torch.cat([y for _, y in b1])
+    assert not torch.equal(second_epoch, torch.cat(first))      # a new order each epoch
+    with pytest.raises(ValueError, match="batch_size"):
+        d.batches(0)
+
+
+def test_random_crop_flip_keeps_shape_and_content():
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float).view(2, 3, 8, 8)
+    out = data.random_crop_flip(x, g, pad=2)
+    assert out.shape == x.shape
+    assert data.random_crop(x, torch.Generator().manual_seed(0), pad=0).equal(x)
+
+
+def test_subset_balanced_and_split(standin):
+    d = data.load_dataset("mnist", "train")
+    s = d.subset(1000, balanced=True)
+    assert torch.bincount(s.y, minlength=10).tolist() == [100] * 10
+    rest, held = d.split_off(100)
+    assert len(held) == 100 and len(rest) == len(d) - 100
+
+
+def _mnist_tree(root, corrupt=False):
+    import torchvision
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for filename, _ in torchvision.datasets.MNIST.resources:
+        (raw / filename).write_bytes(gzip.compress(b"not mnist" if corrupt else b""))
+    return root
+
+
+def test_corrupt_dataset_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOKIT_CACHE", str(tmp_path / "cache"))
+    root = _mnist_tree(tmp_path / "data", corrupt=True)
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz is corrupt"):
+        data.load_dataset("mnist", "train", root=root)
+
+
+def test_real_mnist_cached_when_available():
+    if not (data.data_root() / "MNIST" / "raw").is_dir():
+        pytest.skip("real MNIST not available (set MOKIT_DATA)")
+    import time
+    d = data.load_dataset("mnist", "test")
+    t0 = time.perf_counter()
+    d2 = data.load_dataset("mnist", "test")
+    assert time.perf_counter() - t0 < 2.0
+    assert d.real and len(d) == 10000 and torch.equal(d.y, d2.y)
+    assert abs(d.x.mean().item()) < 0.05 and abs(d.x.std().item() - 1) < 0.05
+
+
+def test_atomic_write_and_safe_load(tmp_path):
+    p = tmp_path / "x.pt"
+    data.atomic_torch_save({"a": torch.ones(2)}, p)
+    assert torch.equal(data.safe_torch_load(p)["a"], torch.ones(2))
+    p.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=str(p)):
+        data.safe_torch_load(p)
+    assert not list(tmp_path.glob(".*tmp"))

@@ -1,0 +1,39 @@
+import json
+
+import pytest
+
+from mokit import results, widgets
+
+
+def test_record_merges_atomically_and_converts(tmp_path, monkeypatch):
+    import torch
+    monkeypatch.setenv("MOKIT_RUNS", str(tmp_path))
+    results.record("99_demo", acc=torch.tensor(98.5), nested={"a": (1, 2)})
+    out = results.record("99_demo", more=1)
+    assert out == {"acc": 98.5, "nested": {"a": [1, 2]}, "more": 1}
+    assert json.loads((tmp_path / "results" / "99_demo.json").read_text()) == out
+    with pytest.raises(ValueError, match="non-finite"):
+        results.record("99_demo", bad=float("nan"))
+    with pytest.raises(ValueError, match="plain file stem"):
+        results.record("../x", a=1)
+
+
+def test_check_bands():
+    r = {"acc": 98.4, "d": {"x": 1.0}, "flag": True}
+    assert results.check_bands(r, {"acc": [98, 99], "d.x": [0, 2], "flag": True}) == []
+    problems = results.check_bands(r, {"acc": [99, 100], "missing": [0, 1], "flag": False})
+    assert len(problems) == 3 and "acc = 98.4, outside its band [99, 100]" in problems[0]
+
+
+def test_panel_runs_fn_with_control_values():
+    seen = []
+    p = widgets.panel(lambda a, b: seen.append((a, b)) or a * 2,
+                      a=widgets.slider(0.5, 0, 1, 0.1), b=widgets.dropdown(["x", "y"]), run_now=True)
+    assert seen == [(0.5, "x")] and p.last == 1.0
+    p.controls["b"].value = "y"
+    assert len(seen) == 1                                      # not live: waits for the button
+    p.button.click()
+    assert seen[-1] == (0.5, "y")
+    live = widgets.panel(lambda a: seen.append(a), live=True, a=widgets.int_slider(1, 0, 5))
+    live.controls["a"].value = 3
+    assert seen[-1] == 3
