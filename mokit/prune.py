@@ -1,0 +1,541 @@
+"""Pruning, unstructured and structured, and growing networks back (the inverse of pruning).
+
+    masks = prune_global(model, 0.92)             # zero the 92% smallest weights, model-wide
+    train(model, data, epochs=2, on_step=masks)   # masks stay applied while fine-tuning
+    small = prune_channels(model, 0.5)            # a genuinely smaller nn.Sequential
+    wide = widen(model, 0, 400)                   # Net2Net: same function, more neurons
+
+Definitions used throughout: sparsity = #zeros / #elements of the prunable weights
+(Linear and Conv2d weights; biases and BatchNorm are not counted), kept fraction = 1 - sparsity.
+Importance criteria are callables `importance(module) -> scores shaped like module.weight`;
+a larger score means "keep".
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .metrics import Table
+from .train import StepInfo, evaluate, train
+
+PRUNABLE = (nn.Linear, nn.Conv2d)
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+
+def check_sparsity(sparsity) -> float:
+    """sparsity as a float in [0, 1), else ValueError naming the value."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity must be a number in [0, 1) (fraction of weights removed), got {sparsity!r}")
+    return float(sparsity)
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """name -> module for every Linear and Conv2d of `model` (ValueError if there are none)."""
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no Linear or Conv2d layers to prune (empty model?)")
+    return layers
+
+
+# ---------------------------------------------------------------------------------------------
+# Importance criteria: module -> one score per weight (bigger = more important)
+# ---------------------------------------------------------------------------------------------
+
+
+def l1_importance(module: nn.Module) -> torch.Tensor:
+    """|w| - magnitude pruning (Han et al. 2015)."""
+    return module.weight.detach().abs()
+
+
+def l2_importance(module: nn.Module) -> torch.Tensor:
+    """w^2 - per weight it ranks like |w|; summed per channel it is the squared L2 norm."""
+    return module.weight.detach() ** 2
+
+
+def taylor_importance(module: nn.Module) -> torch.Tensor:
+    """|w * dL/dw| - the first-order Taylor estimate of the loss change when w is zeroed
+    (Molchanov et al. 2017). Needs gradients: call `compute_gradients` first."""
+    if module.weight.grad is None:
+        raise ValueError("taylor importance needs gradients: call compute_gradients(model, data) first")
+    return (module.weight.detach() * module.weight.grad).abs()
+
+
+def random_importance(module: nn.Module) -> torch.Tensor:
+    """Uniform random scores - the baseline every criterion must beat (seed with seed_everything)."""
+    return torch.rand_like(module.weight, dtype=torch.float32)
+
+
+IMPORTANCE: dict[str, Callable[[nn.Module], torch.Tensor]] = {
+    "l1": l1_importance, "l2": l2_importance, "taylor": taylor_importance, "random": random_importance,
+}
+
+
+def get_importance(importance: str | Callable) -> Callable[[nn.Module], torch.Tensor]:
+    """The criterion called `importance`, or `importance` itself when it is a callable."""
+    if callable(importance):
+        return importance
+    if importance not in IMPORTANCE:
+        raise ValueError(f"unknown importance {importance!r}; valid names: {', '.join(IMPORTANCE)} "
+                         f"(or pass a callable module -> scores)")
+    return IMPORTANCE[importance]
+
+
+def compute_gradients(model: nn.Module, data, *, batches: int = 10, batch_size: int = 256) -> nn.Module:
+    """Accumulate dL/dw of the cross-entropy over `batches` batches of `data` into .grad (for Taylor)."""
+    device = next(model.parameters()).device
+    model.zero_grad(set_to_none=True)
+    model.eval()                                     # BN statistics stay as they are
+    for i, (xb, yb) in enumerate(data.batches(batch_size, seed=0)):
+        if i == batches:
+            break
+        F.cross_entropy(model(xb.to(device)), yb.to(device)).backward()
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Unstructured pruning: masks
+# ---------------------------------------------------------------------------------------------
+
+
+def magnitude_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """0/1 mask zeroing the k = round(sparsity * n) smallest scores (ties as torch.nn.utils.prune)."""
+    k = round(check_sparsity(sparsity) * scores.numel())
+    mask = torch.ones_like(scores, dtype=torch.float32)
+    if k:
+        mask.view(-1)[torch.topk(scores.flatten(), k, largest=False).indices] = 0
+    return mask
+
+
+def threshold_mask(scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """0/1 mask keeping scores > threshold (Han et al. prune |w| <= quality * std(w))."""
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold!r}")
+    return (scores > threshold).float()
+
+
+class Masks(dict):
+    """layer name -> 0/1 mask of that layer's weight. The state that must outlive one call.
+
+    `masks.apply(model)` zeroes the pruned weights; passed as `on_step=masks` to `train` it
+    re-applies them after every optimizer step, so pruned weights stay zero while training.
+    """
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        modules = dict(model.named_modules())
+        with torch.no_grad():
+            for name, mask in self.items():
+                w = modules[name].weight
+                w.mul_(mask.to(w.device, w.dtype))
+        return model
+
+    def __call__(self, model: nn.Module, info: StepInfo | None = None) -> None:
+        self.apply(model)
+
+    @property
+    def kept_fraction(self) -> float:
+        """Surviving weights / all masked weights."""
+        total = sum(m.numel() for m in self.values())
+        return sum(float(m.sum()) for m in self.values()) / max(total, 1)
+
+
+def prune_layerwise(model: nn.Module, sparsity: float | dict[str, float], *,
+                    importance: str | Callable = "l1") -> Masks:
+    """Prune every layer to the same sparsity (or sparsity[name] per layer); returns the Masks."""
+    layers = prunable_layers(model)
+    per_layer = sparsity if isinstance(sparsity, dict) else {n: sparsity for n in layers}
+    unknown = set(per_layer) - set(layers)
+    if unknown:
+        raise ValueError(f"no prunable layer named {sorted(unknown)}; layers: {', '.join(layers)}")
+    for s in per_layer.values():
+        check_sparsity(s)
+    score = get_importance(importance)
+    masks = Masks({n: magnitude_mask(score(layers[n]), s) for n, s in per_layer.items()})
+    masks.apply(model)
+    return masks
+
+
+def prune_global(model: nn.Module, sparsity: float, *, importance: str | Callable = "l1",
+                 layers: Sequence[str] | None = None) -> Masks:
+    """One threshold for all layers: zero the round(sparsity * N) lowest scores over all N weights."""
+    check_sparsity(sparsity)
+    all_layers = prunable_layers(model)
+    names = list(layers) if layers is not None else list(all_layers)
+    score = get_importance(importance)
+    scores = [score(all_layers[n]) for n in names]
+    flat = magnitude_mask(torch.cat([s.flatten().float().cpu() for s in scores]), sparsity)
+    masks, start = Masks(), 0
+    for n, s in zip(names, scores):
+        masks[n] = flat[start:start + s.numel()].view_as(s)
+        start += s.numel()
+    masks.apply(model)
+    return masks
+
+
+def prune_threshold(model: nn.Module, threshold: float, *, importance: str | Callable = "l1") -> Masks:
+    """Zero every weight whose score is <= threshold."""
+    score = get_importance(importance)
+    masks = Masks({n: threshold_mask(score(m), threshold) for n, m in prunable_layers(model).items()})
+    masks.apply(model)
+    return masks
+
+
+def prune_random(model: nn.Module, sparsity: float, *, seed: int = 0) -> Masks:
+    """The baseline: each layer loses a random `sparsity` fraction of its weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return prune_layerwise(model, sparsity, importance="random")
+
+
+def sparsity_report(model: nn.Module) -> Table:
+    """Per prunable layer: weights, nonzeros, sparsity % = 100 * #zeros / #weights; then a total."""
+    rows, total, nonzero = Table(), 0, 0
+    for name, m in prunable_layers(model).items():
+        n, nz = m.weight.numel(), int((m.weight != 0).sum())
+        rows.append({"layer": name, "type": type(m).__name__, "shape": "x".join(map(str, m.weight.shape)),
+                     "weights": n, "nonzeros": nz, "sparsity %": 100.0 * (1 - nz / n)})
+        total, nonzero = total + n, nonzero + nz
+    rows.append({"layer": "total", "weights": total, "nonzeros": nonzero,
+                 "sparsity %": 100.0 * (1 - nonzero / total)})
+    return rows
+
+
+def weight_sparsity(model: nn.Module) -> float:
+    """#zero weights / #weights over the prunable layers."""
+    layers = prunable_layers(model).values()
+    return sum(int((m.weight == 0).sum()) for m in layers) / sum(m.weight.numel() for m in layers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules: one-shot, iterative, gradual (AGP)
+# ---------------------------------------------------------------------------------------------
+
+
+def agp_sparsity(t: float, sparsity: float, initial: float = 0.0) -> float:
+    """Zhu & Gupta 2017: s(t) = s_f + (s_i - s_f) * (1 - t)^3 for progress t in [0, 1] (clipped)."""
+    t = min(max(t, 0.0), 1.0)
+    return sparsity + (initial - sparsity) * (1 - t) ** 3
+
+
+class GradualPruning:
+    """on_step hook: raise sparsity along the AGP curve between progress `begin` and `end`,
+    re-pruning every `every` steps (global magnitude by default); masks stay applied in between."""
+
+    def __init__(self, sparsity: float, *, begin: float = 0.0, end: float = 0.7, every: int = 20,
+                 prune: Callable[..., Masks] = prune_global):
+        self.sparsity, self.begin, self.end = check_sparsity(sparsity), begin, end
+        if not 0 <= begin < end <= 1:
+            raise ValueError(f"need 0 <= begin < end <= 1, got begin={begin}, end={end}")
+        self.every, self.prune = every, prune
+        self.masks, self.current = Masks(), 0.0
+
+    def __call__(self, model: nn.Module, info: StepInfo) -> None:
+        t = (info.step / info.total_steps - self.begin) / (self.end - self.begin)
+        target = agp_sparsity(t, self.sparsity) if t > 0 else 0.0
+        due = info.step % self.every == 0 or (t >= 1 and self.current < self.sparsity)
+        if due and target > self.current:
+            self.masks, self.current = self.prune(model, target), target
+        else:
+            self.masks.apply(model)
+
+
+def prune_oneshot(model: nn.Module, data, sparsity: float, *, epochs: int,
+                  prune: Callable[..., Masks] = prune_global, **train_kw) -> Masks:
+    """Prune once to `sparsity`, then fine-tune `epochs` epochs with the masks held."""
+    masks = prune(model, sparsity)
+    train(model, data, epochs=epochs, on_step=masks, **train_kw)
+    return masks
+
+
+def prune_iterative(model: nn.Module, data, sparsity: float, *, rounds: int, epochs: int,
+                    prune: Callable[..., Masks] = prune_global, **train_kw) -> Masks:
+    """`rounds` prune -> retrain cycles; round r keeps (1 - sparsity)^(r / rounds) of the weights,
+    and the `epochs` are shared out evenly (the same budget as one-shot)."""
+    check_sparsity(sparsity)
+    if not isinstance(rounds, int) or not 1 <= rounds <= epochs:
+        raise ValueError(f"rounds must be an integer in [1, epochs={epochs}], got {rounds!r}")
+    masks = Masks()
+    for r in range(1, rounds + 1):
+        masks = prune(model, 1 - (1 - sparsity) ** (r / rounds))
+        share = epochs // rounds + (1 if r <= epochs % rounds else 0)
+        train(model, data, epochs=share, on_step=masks, **train_kw)
+    return masks
+
+
+def prune_gradual(model: nn.Module, data, sparsity: float, *, epochs: int, begin: float = 0.0,
+                  end: float = 0.7, every: int = 20, prune: Callable[..., Masks] = prune_global,
+                  **train_kw) -> Masks:
+    """Train `epochs` epochs while sparsity follows the cubic AGP schedule up to `sparsity`."""
+    hook = GradualPruning(sparsity, begin=begin, end=end, every=every, prune=prune)
+    train(model, data, epochs=epochs, on_step=hook, **train_kw)
+    return hook.masks
+
+
+# ---------------------------------------------------------------------------------------------
+# Sensitivity scan and lottery tickets
+# ---------------------------------------------------------------------------------------------
+
+
+def sensitivity_scan(model: nn.Module, data, sparsities: Sequence[float], *,
+                     importance: str | Callable = "l1") -> dict[str, dict[float, float]]:
+    """accuracy[layer][sparsity]: each layer pruned alone (the others dense), then restored."""
+    for s in sparsities:
+        check_sparsity(s)
+    score = get_importance(importance)
+    out: dict[str, dict[float, float]] = {}
+    for name, m in prunable_layers(model).items():
+        original, scores = m.weight.detach().clone(), score(m)
+        out[name] = {}
+        for s in sparsities:
+            with torch.no_grad():
+                m.weight.mul_(magnitude_mask(scores, s).to(m.weight))
+            out[name][s] = evaluate(model, data)["accuracy"]
+            with torch.no_grad():
+                m.weight.copy_(original)
+    return out
+
+
+def rewind(model: nn.Module, masks: Masks, init_state: dict) -> nn.Module:
+    """Lottery ticket (Frankle & Carbin 2019): surviving weights back to their initial values."""
+    model.load_state_dict(init_state)
+    return masks.apply(model)
+
+
+def reinit(model: nn.Module, masks: Masks, *, seed: int) -> nn.Module:
+    """The control: the same mask on a fresh random initialisation (seeded)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in model.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    return masks.apply(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# Structured pruning and growing: re-wire a Sequential chain
+# ---------------------------------------------------------------------------------------------
+
+# Layers a unit's index passes through unchanged (BatchNorm is sliced along with its producer).
+PASS_THROUGH = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.ELU, nn.Dropout, nn.MaxPool2d, nn.AvgPool2d,
+                nn.AdaptiveAvgPool2d, nn.Flatten, nn.BatchNorm1d, nn.BatchNorm2d, nn.Identity)
+
+
+def _chain(model: nn.Module) -> list[tuple[int, int]]:
+    """(producer, consumer) positions of consecutive Linear/Conv2d layers in a Sequential."""
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"structured pruning re-wires nn.Sequential chains; got {type(model).__name__} "
+                        f"(for residual networks use remove_blocks)")
+    layers = list(model)
+    if not any(isinstance(m, PRUNABLE) for m in layers):
+        raise ValueError("model has no Linear or Conv2d layers to prune (empty model?)")
+    for m in layers:
+        if not isinstance(m, PRUNABLE + PASS_THROUGH):
+            raise TypeError(f"structured pruning cannot handle a {type(m).__name__} layer; it handles "
+                            f"{', '.join(t.__name__ for t in PRUNABLE + PASS_THROUGH)}")
+    pos = [i for i, m in enumerate(layers) if isinstance(m, PRUNABLE)]
+    return list(zip(pos, pos[1:]))
+
+
+def _units(m: nn.Module) -> int:
+    return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+
+
+def shrink(model: nn.Sequential, plan: dict[int, torch.Tensor]) -> nn.Sequential:
+    """A new Sequential where producer p keeps output units plan[p] (indices, repeats allowed).
+
+    The producer's rows (and the BatchNorm after it) are gathered with the index; the consumer's
+    input columns likewise, divided by how often each unit appears, so duplicated units (Net2Net
+    widening) leave the function unchanged and dropped units simply vanish.
+    """
+    layers = [copy.deepcopy(m) for m in model]
+    for p, c in _chain(model):
+        if p not in plan:
+            continue
+        idx = plan[p].long().cpu()
+        count = torch.bincount(idx, minlength=_units(layers[p])).float()[idx]   # multiplicity per new unit
+        layers[p] = _slice(layers[p], out_idx=idx)
+        for j in range(p + 1, c):
+            if isinstance(layers[j], (nn.BatchNorm1d, nn.BatchNorm2d)):
+                layers[j] = _slice_bn(layers[j], idx)
+        old_in = layers[c].in_features if isinstance(layers[c], nn.Linear) else layers[c].in_channels
+        spatial = old_in // _units(model[p])           # > 1 when a Flatten sits between conv and Linear
+        cols = (idx[:, None] * spatial + torch.arange(spatial)).flatten()
+        scale = count.repeat_interleave(spatial)
+        layers[c] = _slice(layers[c], in_idx=cols, in_scale=scale)
+    return nn.Sequential(*layers)
+
+
+def _slice(m: nn.Module, out_idx=None, in_idx=None, in_scale=None) -> nn.Module:
+    """A new Linear/Conv2d with rows out_idx and columns in_idx (divided by in_scale) of m."""
+    w = m.weight.detach()
+    b = m.bias.detach() if m.bias is not None else None
+    if out_idx is not None:
+        w, b = w[out_idx], (b[out_idx] if b is not None else None)
+    if in_idx is not None:
+        w = w[:, in_idx] / in_scale.view(1, -1, *[1] * (w.dim() - 2)).to(w)
+    if isinstance(m, nn.Linear):
+        new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
+    else:
+        if m.groups != 1:
+            raise TypeError(f"structured pruning handles Conv2d with groups=1, got groups={m.groups}")
+        new = nn.Conv2d(w.shape[1], w.shape[0], m.kernel_size, m.stride, m.padding, m.dilation,
+                        bias=b is not None, padding_mode=m.padding_mode)
+    new = new.to(w.device)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if b is not None:
+            new.bias.copy_(b)
+    return new
+
+
+def _slice_bn(bn: nn.Module, idx: torch.Tensor) -> nn.Module:
+    new = type(bn)(len(idx), bn.eps, bn.momentum, bn.affine, bn.track_running_stats).to(bn.weight.device)
+    state = {k: (v[idx] if v.dim() else v) for k, v in bn.state_dict().items()}
+    new.load_state_dict(state)
+    return new
+
+
+def channel_scores(module: nn.Module, importance: str | Callable = "l1") -> torch.Tensor:
+    """One score per output unit: the importance summed over its weights (L1 norm, squared L2 ...)."""
+    return get_importance(importance)(module).flatten(1).sum(1)
+
+
+def select_channels(model: nn.Sequential, sparsity: float | dict[int, float], *,
+                    importance: str | Callable = "l1") -> dict[int, torch.Tensor]:
+    """position -> sorted indices of the output units to keep (the top (1 - sparsity) by score).
+
+    Every Linear/Conv2d but the last (whose outputs are the classes) is pruned unless `sparsity`
+    is a dict {position: sparsity}. Positions are indices into the Sequential.
+    """
+    pairs = _chain(model)
+    producers = [p for p, _ in pairs]
+    per = sparsity if isinstance(sparsity, dict) else {p: sparsity for p in producers}
+    bad = set(per) - set(producers)
+    if bad:
+        raise ValueError(f"positions {sorted(bad)} are not prunable (the last layer is not); valid: {producers}")
+    keep = {}
+    for p, s in per.items():
+        n = _units(model[p])
+        n_keep = max(1, round((1 - check_sparsity(s)) * n))
+        keep[p] = torch.topk(channel_scores(model[p], importance), n_keep).indices.sort().values
+    return keep
+
+
+def prune_channels(model: nn.Sequential, sparsity: float | dict[int, float], *,
+                   importance: str | Callable = "l1") -> nn.Sequential:
+    """A smaller copy of `model` without the least important neurons (Linear) / channels (Conv2d),
+    their BatchNorm entries and the next layer's matching inputs."""
+    return shrink(model, select_channels(model, sparsity, importance=importance))
+
+
+def mask_channels(model: nn.Sequential, keep: dict[int, torch.Tensor]) -> nn.Sequential:
+    """The same-size copy with every pruned unit zeroed (weights, bias, BatchNorm scale and shift):
+    it computes exactly what the shrunk model computes."""
+    out = copy.deepcopy(model)
+    for p, c in _chain(model):
+        if p not in keep:
+            continue
+        drop = torch.ones(_units(model[p]), dtype=torch.bool)
+        drop[keep[p]] = False
+        with torch.no_grad():
+            for j in range(p, c):
+                m = out[j]
+                if isinstance(m, PRUNABLE + (nn.BatchNorm1d, nn.BatchNorm2d)) and getattr(m, "weight", None) is not None:
+                    m.weight[drop] = 0
+                    if m.bias is not None:
+                        m.bias[drop] = 0
+    return out
+
+
+def remove_blocks(model: nn.Module, names: Sequence[str]) -> nn.Module:
+    """A copy with the named residual blocks replaced by nn.Identity.
+
+    Only blocks whose shortcut is the identity can go: such a block computes relu(F(x) + x), and
+    its input x is already >= 0 (it left a ReLU), so without F it passes x through unchanged.
+    """
+    out = copy.deepcopy(model)
+    modules = dict(out.named_modules())
+    for name in names:
+        block = modules.get(name)
+        if block is None or not hasattr(block, "shortcut"):
+            raise ValueError(f"{name!r} is not a residual block; removable: {', '.join(removable_blocks(model))}")
+        if not isinstance(block.shortcut, nn.Identity):
+            raise ValueError(f"block {name!r} changes the shape (its shortcut is a projection); "
+                             f"removable: {', '.join(removable_blocks(model))}")
+        parent, _, leaf = name.rpartition(".")
+        setattr(modules[parent] if parent else out, leaf, nn.Identity())
+    return out
+
+
+def removable_blocks(model: nn.Module) -> list[str]:
+    """Names of residual blocks with an identity shortcut."""
+    return [n for n, m in model.named_modules() if isinstance(getattr(m, "shortcut", None), nn.Identity)]
+
+
+def resize_like(model: nn.Module, state_dict: dict) -> nn.Module:
+    """Re-create `model`'s layers at the shapes in `state_dict` and load it (weights_only-safe:
+    a pruned model is saved as a plain state dict and rebuilt from the original architecture)."""
+    def visit(parent: nn.Module, prefix: str) -> None:
+        for leaf, m in parent.named_children():
+            name = prefix + leaf
+            if any(True for _ in m.parameters()) and not any(k.startswith(name + ".") for k in state_dict):
+                setattr(parent, leaf, nn.Identity())               # a removed block
+            elif isinstance(m, PRUNABLE) and state_dict[name + ".weight"].shape != m.weight.shape:
+                w = state_dict[name + ".weight"]
+                setattr(parent, leaf, _slice(m, out_idx=torch.zeros(w.shape[0], dtype=torch.long),
+                                             in_idx=torch.zeros(w.shape[1], dtype=torch.long),
+                                             in_scale=torch.ones(w.shape[1])))
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and state_dict[name + ".weight"].shape != m.weight.shape:
+                setattr(parent, leaf, _slice_bn(m, torch.zeros(len(state_dict[name + ".weight"]), dtype=torch.long)))
+            else:
+                visit(m, name + ".")
+    model = copy.deepcopy(model)
+    visit(model, "")
+    model.load_state_dict(state_dict)
+    return model
+
+
+def widen(model: nn.Sequential, position: int, width: int, *, seed: int = 0) -> nn.Sequential:
+    """Net2WiderNet (Chen et al. 2016): layer `position` grows to `width` units by copying random
+    existing units; the next layer's weights from each copy are divided by the number of copies,
+    so the widened network computes the same function."""
+    producers = [p for p, _ in _chain(model)]
+    if position not in producers:
+        raise ValueError(f"position {position} cannot be widened; valid positions: {producers}")
+    n = _units(model[position])
+    if not isinstance(width, int) or width < n:
+        raise ValueError(f"width must be an integer >= the current {n} units, got {width!r}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.cat([torch.arange(n), torch.randint(0, n, (width - n,), generator=g)])
+    return shrink(model, {position: idx})
+
+
+def deepen(model: nn.Sequential, position: int) -> nn.Sequential:
+    """Net2DeeperNet: insert an identity layer (Linear = I, or a Dirac 3x3 conv) and a ReLU after
+    the ReLU at `position`; its input is >= 0, so relu(I x) = x and the function is unchanged."""
+    layers = list(model)
+    if not 0 <= position < len(layers) or not isinstance(layers[position], nn.ReLU):
+        raise ValueError(f"position {position} must be a ReLU in the model; ReLUs at "
+                         f"{[i for i, m in enumerate(layers) if isinstance(m, nn.ReLU)]}")
+    _chain(model)
+    before = [m for m in layers[:position] if isinstance(m, PRUNABLE + (nn.Flatten,))]
+    last = before[-1] if before else None
+    device = next(model.parameters()).device
+    if isinstance(last, nn.Linear):
+        new = nn.Linear(last.out_features, last.out_features)
+        nn.init.eye_(new.weight)
+    elif isinstance(last, nn.Conv2d):
+        new = nn.Conv2d(last.out_channels, last.out_channels, 3, padding=1)
+        nn.init.dirac_(new.weight)
+    else:
+        raise ValueError(f"position {position} must follow a Linear or Conv2d directly (not a Flatten)")
+    nn.init.zeros_(new.bias)
+    return nn.Sequential(*[copy.deepcopy(m) for m in layers[:position + 1]], new.to(device), nn.ReLU(),
+                         *[copy.deepcopy(m) for m in layers[position + 1:]])
