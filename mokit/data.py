@@ -279,6 +279,23 @@ def load_dataset(name: str, split: str = "train", *, root: str | os.PathLike | N
     return data
 
 
+def torchvision_dataset(name: str, split: str = "train", transform=None, root=None):
+    """The torchvision Dataset object for a real MNIST / Fashion-MNIST under the data root.
+
+    For comparing with the classic DataLoader pipeline (PIL image -> ToTensor -> Normalize per item).
+    """
+    import torchvision
+
+    _check_name_split(name, split)
+    if name == "cifar10":
+        raise ValueError("torchvision_dataset supports mnist and fashion_mnist")
+    root = Path(root).expanduser().resolve() if root is not None else data_root()
+    cls = getattr(torchvision.datasets, _TV_CLASSES[name])
+    if not (root / cls.__name__ / "raw").is_dir():
+        raise FileNotFoundError(f"no {cls.__name__}/raw under {root}")
+    return cls(str(_writable_mirror(root, cls)), train=split == "train", download=True, transform=transform)
+
+
 def _normalise(images: torch.Tensor, spec: Spec) -> torch.Tensor:
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
     std = torch.tensor(spec.std).view(1, -1, 1, 1)

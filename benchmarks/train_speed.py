@@ -1,0 +1,93 @@
+"""How fast is mokit's training loop and in-memory data path? Prints the figures.
+
+    MOKIT_DATA=../shared/data .venv/bin/python benchmarks/train_speed.py [--epochs-repeat 3]
+
+1. mokit.train epoch time vs a minimal hand-written PyTorch loop over the same tensors
+   (same model, optimizer, batch size, shuffling on the same device).   target: <= 1.15x
+2. The in-memory batch iterator vs a torchvision DataLoader with ToTensor/Normalize, one pass
+   over MNIST's training set without a model.                           target: >= 5x faster
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from mokit import data, models
+from mokit.train import pick_device, seed_everything, train
+
+
+def hand_loop(model, x, y, batch_size, lr, seed):
+    """The minimal loop everybody writes: shuffle, slice, forward, loss, backward, step."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    order = torch.randperm(len(x), generator=g).to(x.device)
+    for i in range(0, len(x), batch_size):
+        idx = order[i:i + batch_size]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def time_epoch(fn):
+    t0 = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def loop_overhead(model_name, train_data, repeats, batch_size=128):
+    mokit_t, hand_t = [], []
+    for r in range(repeats):                          # alternate to share any background load
+        seed_everything(r)
+        m = models.create_model(model_name)
+        mokit_t.append(time_epoch(lambda: train(m, train_data, epochs=1, lr=1e-3, schedule="constant",
+                                                batch_size=batch_size, seed=r, progress=True)))
+        seed_everything(r)
+        m = models.create_model(model_name).to(train_data.device)
+        hand_t.append(time_epoch(lambda: hand_loop(m, train_data.x, train_data.y, batch_size, 1e-3, r)))
+    a, b = statistics.median(mokit_t), statistics.median(hand_t)
+    print(f"{model_name:9s} epoch: mokit.train {a:6.2f} s   hand loop {b:6.2f} s   ratio {a / b:.3f}x "
+          f"(target <= 1.15x; median of {repeats})")
+    return a / b
+
+
+def data_path(repeats, batch_size=128):
+    import torchvision.transforms as T
+    from torch.utils.data import DataLoader
+
+    mem = data.load_dataset("mnist", "train")
+    tv = data.torchvision_dataset("mnist", "train",
+                                  transform=T.Compose([T.ToTensor(), T.Normalize((0.1307,), (0.3081,))]))
+    loader = DataLoader(tv, batch_size=batch_size, shuffle=True, num_workers=0)
+    def consume(batches):
+        n = 0
+        for xb, yb in batches:
+            n += len(yb)
+        assert n == 60000
+    mem_t = [time_epoch(lambda: consume(mem.batches(batch_size, seed=r))) for r in range(repeats)]
+    tv_t = [time_epoch(lambda: consume(loader)) for _ in range(max(1, repeats // 2))]
+    a, b = statistics.median(mem_t), statistics.median(tv_t)
+    print(f"MNIST pass, batch {batch_size}: in-memory {a:.3f} s   DataLoader(ToTensor, Normalize) {b:.2f} s   "
+          f"speed-up {b / a:.1f}x (target >= 5x)")
+    return b / a
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    device = pick_device()
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    train_data = data.load_dataset("mnist", "train", device=device)
+    if not train_data.real:
+        print("WARNING: MNIST not found, timing the stand-in")
+    for name in ("lenet300", "lenet5"):
+        loop_overhead(name, train_data, args.repeats)
+    if train_data.real:
+        data_path(args.repeats)
