@@ -1,0 +1,595 @@
+"""Quantization: the arithmetic written out, fake-quant + QAT, k-means sharing, real int8 kernels.
+
+    qt = quantize_tensor(w, num_bits=4, axis=0)            # per-channel affine 4-bit
+    fake_quantize_model(model, num_bits=4)                 # weights now snap to a 4-bit grid (STE)
+    share = kmeans_share(model, num_bits=2)                # 4 shared values per layer, trainable
+    int8 = quantize_int8(model, calib_data)                # real int8 kernels (x86 / fbgemm)
+
+Linear quantization maps a real x to an integer q in [qmin, qmax] and back:
+    q = clamp(round(x / scale) + zero_point, qmin, qmax),     x_hat = scale * (q - zero_point)
+affine:    q in [0, 2^b - 1],                scale = (max - min) / (2^b - 1), zero_point = round(-min / scale)
+symmetric: q in [-(2^(b-1) - 1), 2^(b-1) - 1], scale = max|x| / (2^(b-1) - 1),  zero_point = 0
+Per-tensor uses one (scale, zero_point); per-channel one pair per slice along `axis`.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import io
+import math
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+# ---------------------------------------------------------------------------------------------
+# 1. The arithmetic
+# ---------------------------------------------------------------------------------------------
+
+def check_bits(num_bits, symmetric: bool = False) -> int:
+    """num_bits must be an integer in 1..16 (symmetric needs >= 2: one level each side of zero)."""
+    if not isinstance(num_bits, int) or isinstance(num_bits, bool) or not 1 <= num_bits <= 16:
+        raise ValueError(f"num_bits must be an integer from 1 to 16, got {num_bits!r}")
+    if symmetric and num_bits < 2:
+        raise ValueError(f"symmetric quantization needs num_bits >= 2 (got {num_bits}): 1 bit has no "
+                         f"level for zero; use symmetric=False for 1-bit")
+    return num_bits
+
+
+def qrange(num_bits: int, symmetric: bool = False) -> tuple[int, int]:
+    """(qmin, qmax): [0, 2^b - 1] affine, [-(2^(b-1) - 1), 2^(b-1) - 1] symmetric."""
+    check_bits(num_bits, symmetric)
+    if symmetric:
+        return -(2 ** (num_bits - 1) - 1), 2 ** (num_bits - 1) - 1
+    return 0, 2 ** num_bits - 1
+
+
+def _check_axis(x: torch.Tensor, axis: int | None) -> int | None:
+    if axis is None:
+        return None
+    if not isinstance(axis, int) or not -x.dim() <= axis < x.dim():
+        raise ValueError(f"axis {axis!r} does not exist for a tensor of shape {tuple(x.shape)}; "
+                         f"use None (per-tensor) or an integer in [{-x.dim()}, {x.dim() - 1}]")
+    return axis % x.dim()
+
+
+def _reduce(x: torch.Tensor, axis: int | None, fn: Callable) -> torch.Tensor:
+    """fn over all elements (axis None) -> (); or over all but `axis` -> (C,)."""
+    if axis is None:
+        return fn(x.flatten(), 0)
+    return fn(x.transpose(0, axis).flatten(1), 1)
+
+
+def _broadcast(v: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """A per-channel vector (C,) reshaped to broadcast against x along `axis`."""
+    if axis is None or v.dim() == 0:
+        return v
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return v.view(shape)
+
+
+def compute_qparams(xmin: torch.Tensor, xmax: torch.Tensor, num_bits: int = 8,
+                    symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero_point) mapping [xmin, xmax] (widened to include 0) onto the integer grid."""
+    qmin, qmax = qrange(num_bits, symmetric)
+    xmin = torch.as_tensor(xmin, dtype=torch.float32).clamp(max=0)
+    xmax = torch.as_tensor(xmax, dtype=torch.float32).clamp(min=0)
+    if symmetric:
+        scale = torch.maximum(-xmin, xmax) / qmax
+        zero_point = torch.zeros_like(scale, dtype=torch.int32)
+    else:
+        scale = (xmax - xmin) / (qmax - qmin)
+        zero_point = (qmin - torch.round(xmin / scale.clamp(min=1e-12))).clamp(qmin, qmax).int()
+    return scale.clamp(min=1e-12), zero_point
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, num_bits: int = 8,
+             symmetric: bool = False, axis: int | None = None) -> torch.Tensor:
+    """q = clamp(round(x / scale) + zero_point, qmin, qmax), as int32."""
+    qmin, qmax = qrange(num_bits, symmetric)
+    s, z = _broadcast(scale, x, axis), _broadcast(zero_point, x, axis)
+    return (torch.round(x / s) + z).clamp(qmin, qmax).to(torch.int32)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+               axis: int | None = None) -> torch.Tensor:
+    """x_hat = scale * (q - zero_point)."""
+    return _broadcast(scale, q, axis) * (q.float() - _broadcast(zero_point, q, axis))
+
+
+# Calibration: how the range [xmin, xmax] is chosen. Each returns (xmin, xmax), () or (C,).
+def minmax_range(x: torch.Tensor, axis: int | None = None, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """The full observed range: clips nothing, wastes levels on outliers."""
+    return _reduce(x, axis, lambda t, d: t.amin(d)), _reduce(x, axis, lambda t, d: t.amax(d))
+
+
+def percentile_range(x: torch.Tensor, axis: int | None = None, percentile: float = 99.9,
+                     **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (100 - p)th and p-th percentiles: outliers beyond them are clipped."""
+    if not 50 < percentile <= 100:
+        raise ValueError(f"percentile must be in (50, 100], got {percentile!r}")
+    p = percentile / 100
+    t = x.float() if x.numel() <= 2 ** 24 else x.flatten()[torch.randperm(x.numel())[:2 ** 24]].float()
+    return (_reduce(t, axis, lambda v, d: torch.quantile(v, 1 - p, dim=d)),
+            _reduce(t, axis, lambda v, d: torch.quantile(v, p, dim=d)))
+
+
+def mse_range(x: torch.Tensor, axis: int | None = None, num_bits: int = 8, symmetric: bool = False,
+              grid: int = 50, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """Search clip ratios r in (0, 1]: the range r * [min, max] whose quantization MSE is lowest."""
+    lo, hi = minmax_range(x, axis)
+    best_err = torch.full_like(lo, float("inf"))
+    best_lo, best_hi = lo.clone(), hi.clone()
+    for r in torch.linspace(1.0 / grid, 1.0, grid):
+        s, z = compute_qparams(lo * r, hi * r, num_bits, symmetric)
+        err = (dequantize(quantize(x, s, z, num_bits, symmetric, axis), s, z, axis) - x) ** 2
+        err = _reduce(err, axis, lambda t, d: t.mean(d))
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_lo, best_hi = torch.where(better, lo * r, best_lo), torch.where(better, hi * r, best_hi)
+    return best_lo, best_hi
+
+
+CALIBRATORS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
+    "minmax": minmax_range, "percentile": percentile_range, "mse": mse_range,
+}
+
+
+@dataclass
+class QTensor:
+    """Integers q with the (scale, zero_point) that give them meaning; dequantize() maps back."""
+    q: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    num_bits: int
+    symmetric: bool
+    axis: int | None
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize(self.q, self.scale, self.zero_point, self.axis)
+
+
+def quantize_tensor(x: torch.Tensor, num_bits: int = 8, *, symmetric: bool = False,
+                    axis: int | None = None, calibrate: str | Callable = "minmax", **calib_kw) -> QTensor:
+    """Quantize x to num_bits: range from `calibrate` (name in CALIBRATORS or a callable), then q."""
+    check_bits(num_bits, symmetric)
+    axis = _check_axis(x, axis)
+    method = calibrate if callable(calibrate) else CALIBRATORS.get(calibrate)
+    if method is None:
+        raise ValueError(f"unknown calibration {calibrate!r}; valid: {', '.join(CALIBRATORS)}")
+    x = x.detach().float()
+    xmin, xmax = method(x, axis=axis, num_bits=num_bits, symmetric=symmetric, **calib_kw)
+    scale, zero_point = compute_qparams(xmin, xmax, num_bits, symmetric)
+    return QTensor(quantize(x, scale, zero_point, num_bits, symmetric, axis), scale, zero_point,
+                   num_bits, symmetric, axis)
+
+
+def quantization_error(x: torch.Tensor, x_hat: torch.Tensor) -> dict:
+    """mse, mean and max |x - x_hat|, and SQNR = 10 log10(sum x^2 / sum (x - x_hat)^2) in dB."""
+    err = (x.float() - x_hat.float())
+    noise = float((err ** 2).sum())
+    sqnr = 10 * math.log10(float((x.float() ** 2).sum()) / noise) if noise > 0 else float("inf")
+    return {"mse": float((err ** 2).mean()), "mean_abs": float(err.abs().mean()),
+            "max_abs": float(err.abs().max()), "sqnr_db": sqnr}
+
+
+def int8_linear(x_q: QTensor, w_q: QTensor, bias: torch.Tensor | None, out_scale: float,
+                out_zero_point: int) -> torch.Tensor:
+    """A quantized linear layer in integer arithmetic (uint8 activations, int8 weights).
+
+    acc[n, o] = sum_i (qx[n, i] - zx) * (qw[o, i] - zw[o]) + round(bias[o] / (sx * sw[o]))   (int32)
+    qy = clamp(round(acc * sx * sw[o] / sy) + zy, 0, 255)                                   (uint8)
+    """
+    sw = w_q.scale if w_q.scale.dim() else w_q.scale.expand(w_q.q.shape[0])
+    zw = w_q.zero_point if w_q.zero_point.dim() else w_q.zero_point.expand(w_q.q.shape[0])
+    xi = (x_q.q - x_q.zero_point).to(torch.int64)                       # (N, I)
+    wi = (w_q.q - zw[:, None]).to(torch.int64)                          # (O, I)
+    acc = xi @ wi.T                                                     # (N, O) exact integers
+    if bias is not None:
+        acc = acc + torch.round(bias / (x_q.scale * sw)).to(torch.int64)
+    multiplier = (x_q.scale * sw / out_scale).double()                  # the one float rescale
+    return (torch.round(acc.double() * multiplier) + out_zero_point).clamp(0, 255).to(torch.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Fake quantization with a straight-through gradient, on a whole model; QAT
+# ---------------------------------------------------------------------------------------------
+
+QUANTIZABLE = (nn.Linear, nn.Conv2d)
+
+
+def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Linear and Conv2d layers by name: the layers whose weights mokit quantizes."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, QUANTIZABLE)}
+
+
+def _check_layers(model: nn.Module, layers: Iterable[str] | None) -> dict[str, nn.Module]:
+    found = quantizable_layers(model)
+    if layers is None:
+        if not found:
+            raise ValueError(f"{type(model).__name__} has no Linear or Conv2d layer to quantize")
+        return found
+    named = dict(model.named_modules())
+    out = {}
+    for name in layers:
+        if name not in named:
+            raise ValueError(f"no layer named {name!r}; quantizable layers: {', '.join(found)}")
+        if not isinstance(named[name], QUANTIZABLE):
+            raise TypeError(f"cannot quantize layer {name!r} of type {type(named[name]).__name__}; "
+                            f"supported: Linear, Conv2d")
+        out[name] = named[name]
+    return out
+
+
+class FakeQuant(nn.Module):
+    """x -> dequantize(quantize(x)) in the forward pass; identity gradient in the backward (STE).
+
+    Used as a parametrization of a weight, the model trains its float weights while every
+    forward pass sees the quantized ones: x + (x_hat - x).detach() has value x_hat, gradient 1.
+    """
+
+    def __init__(self, num_bits: int = 8, *, symmetric: bool = False, axis: int | None = None,
+                 calibrate: str | Callable = "minmax"):
+        super().__init__()
+        self.num_bits, self.symmetric, self.axis, self.calibrate = check_bits(num_bits, symmetric), \
+            symmetric, axis, calibrate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_hat = quantize_tensor(x, self.num_bits, symmetric=self.symmetric, axis=self.axis,
+                                calibrate=self.calibrate).dequantize()
+        return x + (x_hat - x).detach()
+
+    def extra_repr(self) -> str:
+        return f"num_bits={self.num_bits}, symmetric={self.symmetric}, axis={self.axis}"
+
+
+def fake_quantize_model(model: nn.Module, num_bits: int = 8, *, per_channel: bool = True,
+                        symmetric: bool = False, calibrate: str | Callable = "minmax",
+                        layers: Iterable[str] | None = None) -> nn.Module:
+    """Put a FakeQuant on the weight of every Linear/Conv2d (in place): simulate num_bits weights.
+
+    Training the model afterwards is quantization-aware training (QAT). Per-channel = one scale
+    per output channel (axis 0). `strip_quantization(model)` bakes the quantized weights in.
+    """
+    check_bits(num_bits, symmetric)
+    targets = _check_layers(model, layers)
+    strip_quantization(model, bake=False)
+    for m in targets.values():
+        parametrize.register_parametrization(
+            m, "weight", FakeQuant(num_bits, symmetric=symmetric, axis=0 if per_channel else None,
+                                   calibrate=calibrate))
+    return model
+
+
+def strip_quantization(model: nn.Module, *, bake: bool = True) -> nn.Module:
+    """Remove FakeQuant / Codebook parametrizations; bake=True keeps the quantized values."""
+    for m in model.modules():
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=bake)
+    return model
+
+
+def quantized_copy(model: nn.Module, num_bits: int, **kw) -> nn.Module:
+    """A copy of model whose weights are rounded to num_bits (post-training, weights only)."""
+    return strip_quantization(fake_quantize_model(copy.deepcopy(model), num_bits, **kw))
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. k-means weight sharing (Deep Compression, Han et al. 2016)
+# ---------------------------------------------------------------------------------------------
+
+def kmeans_1d(values: torch.Tensor, k: int, *, iters: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means on scalars with linear initialisation over [min, max] (Han et al.'s best).
+
+    Returns (centroids (k,), index of each value's centroid). Empty clusters keep their centroid.
+    """
+    if values.numel() == 0:
+        raise ValueError("k-means needs at least one value")
+    v = values.detach().flatten().float()
+    centroids = torch.linspace(float(v.min()), float(v.max()), k)
+    for _ in range(iters):
+        idx = torch.bucketize(v, (centroids[1:] + centroids[:-1]) / 2)   # nearest of sorted centroids
+        sums = torch.zeros(k).index_add_(0, idx, v)
+        counts = torch.bincount(idx, minlength=k).float()
+        new = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
+        new, _ = new.sort()
+        if torch.allclose(new, centroids):
+            break
+        centroids = new
+    return centroids, torch.bucketize(v, (centroids[1:] + centroids[:-1]) / 2)
+
+
+class Codebook(nn.Module):
+    """weight = centroids[index] * mask: the layer stores k shared values and an index per weight.
+
+    The centroids are a trainable parameter; autograd sums the gradients of all weights sharing a
+    centroid, which is exactly Deep Compression's codebook fine-tuning rule.
+    """
+
+    def __init__(self, weight: torch.Tensor, num_bits: int, mask: torch.Tensor | None = None):
+        super().__init__()
+        mask = (weight != 0).float() if mask is None else mask.float()
+        kept = weight[mask.bool()]
+        centroids, idx = kmeans_1d(kept if kept.numel() else weight.flatten(), 2 ** num_bits)
+        index = torch.zeros(weight.numel(), dtype=torch.long)
+        index[mask.flatten().bool()] = idx if kept.numel() else index[:0]
+        self.num_bits = num_bits
+        self.centroids = nn.Parameter(centroids.to(weight.device))
+        self.register_buffer("index", index.view_as(weight).to(weight.device))
+        self.register_buffer("mask", mask.to(weight.device))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.centroids[self.index] * self.mask
+
+
+def kmeans_share(model: nn.Module, num_bits: int = 4, *, layers: Iterable[str] | None = None,
+                 masks: dict | None = None) -> dict[str, Codebook]:
+    """Replace each layer's weights by 2^num_bits shared values (in place); zeros stay zero.
+
+    Train the model afterwards to fine-tune the codebooks (only centroids and biases move).
+    Returns {layer name: Codebook}; strip_quantization(model) bakes the shared weights in.
+    """
+    check_bits(num_bits)
+    targets = _check_layers(model, layers)
+    strip_quantization(model, bake=False)
+    books = {}
+    for name, m in targets.items():
+        mask = None if masks is None or name not in masks else masks[name]
+        book = Codebook(m.weight.detach().cpu(), num_bits, None if mask is None else mask.cpu())
+        parametrize.register_parametrization(m, "weight", book.to(m.weight.device), unsafe=True)
+        m.parametrizations.weight.original.requires_grad_(False)
+        books[name] = book
+    return books
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Deep Compression storage: sparse positions + shared-weight indices, Huffman coded
+# ---------------------------------------------------------------------------------------------
+
+def huffman_code(symbols: Iterable[int]) -> dict[int, str]:
+    """Optimal prefix code {symbol: bit string} for the symbols' frequencies."""
+    freq = Counter(int(s) for s in symbols)
+    if len(freq) == 1:
+        return {next(iter(freq)): "0"}
+    heap = [(n, i, {s: ""}) for i, (s, n) in enumerate(sorted(freq.items()))]
+    heapq.heapify(heap)
+    tie = len(heap)
+    while len(heap) > 1:
+        n1, _, a = heapq.heappop(heap)
+        n2, _, b = heapq.heappop(heap)
+        merged = {s: "0" + c for s, c in a.items()} | {s: "1" + c for s, c in b.items()}
+        heapq.heappush(heap, (n1 + n2, tie, merged))
+        tie += 1
+    return heap[0][2]
+
+
+def huffman_encode(symbols: list[int]) -> tuple[bytes, dict[int, str]]:
+    """(packed bit stream, code) for symbols; decode with huffman_decode."""
+    code = huffman_code(symbols)
+    bits = "".join(code[s] for s in symbols)
+    bits += "0" * (-len(bits) % 8)
+    return bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8)), code
+
+
+def huffman_decode(payload: bytes, code: dict[int, str], count: int) -> list[int]:
+    """The first `count` symbols of a stream written by huffman_encode."""
+    inverse, out, cur = {c: s for s, c in code.items()}, [], ""
+    for byte in payload:
+        for bit in f"{byte:08b}":
+            cur += bit
+            if cur in inverse:
+                out.append(inverse[cur])
+                cur = ""
+                if len(out) == count:
+                    return out
+    return out
+
+
+def relative_positions(mask: torch.Tensor, index_bits: int) -> tuple[list[int], list[int]]:
+    """Sparse storage as Han et al.: gaps between kept weights in index_bits-bit numbers.
+
+    A gap larger than 2^index_bits - 1 is bridged by filler entries (gap max, value 'zero').
+    Returns (gaps, is_filler) with one entry per stored weight or filler.
+    """
+    top = 2 ** index_bits - 1
+    gaps, filler, last = [], [], -1
+    for p in torch.nonzero(mask.flatten()).flatten().tolist():
+        gap = p - last
+        while gap > top:
+            gaps.append(top)
+            filler.append(1)
+            gap -= top
+        gaps.append(gap)
+        filler.append(0)
+        last = p
+    return gaps, filler
+
+
+def deep_compression_size(model: nn.Module, books: dict[str, Codebook], *, index_bits: int = 5,
+                          huffman: bool = True) -> dict:
+    """Real bytes of the compressed weights, layer by layer, and of the float32 original.
+
+    Per layer: relative positions (index_bits each, or Huffman coded), one cluster index per stored
+    weight (num_bits each, or Huffman coded; fillers use cluster 0), the codebook (k float32),
+    the code tables (1 byte per symbol for its code length: canonical Huffman), the bias (float32).
+    """
+    rows, total, dense = [], 0, 0
+    for name, m in quantizable_layers(model).items():
+        w = m.weight.detach()
+        dense_bytes = 4 * (w.numel() + (m.bias.numel() if m.bias is not None else 0))
+        bias_bytes = 4 * (m.bias.numel() if m.bias is not None else 0)
+        if name not in books:
+            rows.append({"layer": name, "bytes": dense_bytes, "dense_bytes": dense_bytes})
+            total, dense = total + dense_bytes, dense + dense_bytes
+            continue
+        book = books[name]
+        gaps, filler = relative_positions(book.mask, index_bits)
+        kept_idx = book.index.flatten()[book.mask.flatten().bool()].tolist()
+        it = iter(kept_idx)
+        idx = [0 if f else next(it) for f in filler]
+        if huffman:
+            pos_stream, pos_code = huffman_encode(gaps)
+            idx_stream, idx_code = huffman_encode(idx)
+            pos_bytes, idx_bytes = len(pos_stream) + len(pos_code), len(idx_stream) + len(idx_code)
+        else:
+            pos_bytes, idx_bytes = -(-len(gaps) * index_bits // 8), -(-len(idx) * book.num_bits // 8)
+        codebook_bytes = 4 * book.centroids.numel()
+        size = pos_bytes + idx_bytes + codebook_bytes + bias_bytes
+        rows.append({"layer": name, "weights": w.numel(), "kept": len(kept_idx), "positions B": pos_bytes,
+                     "indices B": idx_bytes, "codebook B": codebook_bytes, "bias B": bias_bytes,
+                     "bytes": size, "dense_bytes": dense_bytes, "ratio": dense_bytes / size})
+        total, dense = total + size, dense + dense_bytes
+    return {"layers": rows, "bytes": total, "dense_bytes": dense, "ratio": dense / total}
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Real int8 inference through PyTorch's quantized kernels (x86 / fbgemm backend)
+# ---------------------------------------------------------------------------------------------
+# torch.ao.quantization (eager mode) is deprecated in favour of torchao's pt2e flow. We still use
+# it because, measured on a 2-core CPU, it is what runs int8 faster than float32 here without
+# torch.compile: its fbgemm/x86 kernels gave >= 1.5x at batch 256, while torchao's int8 path
+# needs torch.compile to beat float32 (see benchmarks/quantization.py). Its deprecation warning
+# is filtered inside mokit so learners see one explanation instead of a flood of warnings.
+
+ENGINE = "x86"
+
+
+@contextmanager
+def _quiet_ao():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.ao")
+        warnings.filterwarnings("ignore", message=".*reduce_range.*")
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        warnings.filterwarnings("ignore", message=".*must run observer before.*")   # load_int8's shell
+        warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+        yield
+
+
+def _check_int8_model(model: nn.Module) -> None:
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"quantize_int8 handles nn.Sequential models, got {type(model).__name__}")
+    allowed = (nn.Linear, nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.AvgPool2d,
+               nn.AdaptiveAvgPool2d, nn.BatchNorm2d)
+    for i, m in enumerate(model):
+        if not isinstance(m, allowed):
+            raise TypeError(f"cannot quantize layer {i} of type {type(m).__name__} to int8; supported: "
+                            f"{', '.join(t.__name__ for t in allowed)}")
+
+
+def _fusable(model: nn.Sequential) -> list[list[str]]:
+    """[[conv, bn, relu], [linear, relu], ...] index groups that fuse into one int8 kernel."""
+    groups, i = [], 0
+    while i < len(model):
+        if isinstance(model[i], (nn.Conv2d, nn.Linear)):
+            g = [str(i)]
+            if isinstance(model[i], nn.Conv2d) and i + 1 < len(model) and isinstance(model[i + 1], nn.BatchNorm2d):
+                g.append(str(i + 1))
+            if i + len(g) < len(model) and isinstance(model[i + len(g)], nn.ReLU):
+                g.append(str(i + len(g)))
+            if len(g) > 1:
+                groups.append(g)
+            i += len(g)
+        else:
+            i += 1
+    return groups
+
+
+def _batches(data, batch_size: int) -> Iterable[torch.Tensor]:
+    if hasattr(data, "x"):                                  # a TensorData
+        return (data.x[i:i + batch_size] for i in range(0, len(data.x), batch_size))
+    return (b[0] if isinstance(b, (tuple, list)) else b for b in data)
+
+
+def prepare_int8(model: nn.Module, *, engine: str = ENGINE) -> nn.Module:
+    """A float copy of model, fused (conv/linear + relu), wrapped in Quant/DeQuant stubs, observed."""
+    from torch.ao import quantization as tq
+
+    _check_int8_model(model)
+    if engine not in torch.backends.quantized.supported_engines:
+        raise ValueError(f"quantized engine {engine!r} is not available here; available: "
+                         f"{', '.join(torch.backends.quantized.supported_engines)}")
+    with _quiet_ao():
+        torch.backends.quantized.engine = engine
+        m = copy.deepcopy(model).cpu().eval()
+        groups = _fusable(m)
+        if groups:
+            m = tq.fuse_modules(m, groups)
+        wrapped = tq.QuantWrapper(m)
+        wrapped.qconfig = tq.get_default_qconfig(engine)
+        tq.prepare(wrapped, inplace=True)
+    return wrapped
+
+
+def convert_int8(prepared: nn.Module) -> nn.Module:
+    """Swap observed float modules for int8 modules (weights per-channel int8, activations uint8)."""
+    from torch.ao import quantization as tq
+
+    with _quiet_ao():
+        return tq.convert(prepared.eval(), inplace=False)
+
+
+@torch.no_grad()
+def quantize_int8(model: nn.Module, data, *, num_batches: int = 20, batch_size: int = 256,
+                  engine: str = ENGINE) -> nn.Module:
+    """Post-training static int8: calibrate activation ranges on real `data`, then convert.
+
+    data: a TensorData or an iterable of (x, y) batches; the first num_batches batches are used.
+    The result runs int8 kernels on the CPU; it takes and returns float tensors.
+    """
+    prepared = prepare_int8(model, engine=engine)
+    seen = 0
+    for i, x in enumerate(_batches(data, batch_size)):
+        if i >= num_batches:
+            break
+        prepared(x.cpu())
+        seen += len(x)
+    if seen == 0:
+        raise ValueError("calibration data is empty: int8 activation ranges need at least one batch")
+    return convert_int8(prepared)
+
+
+def save_int8(model: nn.Module, path) -> int:
+    """Save an int8 model's state dict atomically; returns the file size in bytes."""
+    from .data import atomic_write_bytes
+
+    buf = io.BytesIO()
+    with _quiet_ao():
+        torch.save(model.state_dict(), buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return len(buf.getvalue())
+
+
+def load_int8(float_model: nn.Module, path, *, engine: str = ENGINE) -> nn.Module:
+    """Rebuild an int8 model: prepare + convert float_model's architecture, load the saved state
+    (weights_only=True)."""
+    int8 = convert_int8(prepare_int8(float_model, engine=engine))
+    with _quiet_ao():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        int8.load_state_dict(state)
+    return int8
+
+
+def dynamic_int8(model: nn.Module) -> nn.Module:
+    """Dynamic int8 (weights int8, activations quantized on the fly per batch): Linear layers only."""
+    from torch.ao import quantization as tq
+
+    with _quiet_ao():
+        torch.backends.quantized.engine = ENGINE
+        return tq.quantize_dynamic(copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8)
+
+
+def file_bytes(model: nn.Module) -> int:
+    """Bytes of torch.save(model.state_dict()) - what the model costs on disk."""
+    buf = io.BytesIO()
+    with _quiet_ao():
+        torch.save(model.state_dict(), buf)
+    return len(buf.getvalue())
+

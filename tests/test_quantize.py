@@ -1,0 +1,270 @@
+"""mokit.quantize against torch's quantized tensors and kernels, brute force, and bad input."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mokit import quantize as Q
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions:UserWarning")
+
+
+def _models():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 10))
+    return mlp, cnn
+
+
+# ---------------------------------------------------------------------------------------------
+# The arithmetic
+# ---------------------------------------------------------------------------------------------
+
+def test_qrange():
+    assert Q.qrange(8) == (0, 255)
+    assert Q.qrange(8, symmetric=True) == (-127, 127)
+    assert Q.qrange(1) == (0, 1)
+    assert Q.qrange(16, symmetric=True) == (-32767, 32767)
+
+
+@pytest.mark.parametrize("bad", [0, 17, -3, 2.5, True, "8"])
+def test_bits_outside_1_16_rejected(bad):
+    with pytest.raises(ValueError, match=f"num_bits must be an integer from 1 to 16, got {bad!r}"):
+        Q.quantize_tensor(torch.randn(10), bad)
+
+
+def test_symmetric_one_bit_rejected():
+    with pytest.raises(ValueError, match="symmetric quantization needs num_bits >= 2"):
+        Q.quantize_tensor(torch.randn(10), 1, symmetric=True)
+
+
+@pytest.mark.parametrize("axis", [2, -3, 1.0])
+def test_axis_that_does_not_exist(axis):
+    with pytest.raises(ValueError, match=f"axis {axis!r} does not exist for a tensor of shape \\(4, 5\\)"):
+        Q.quantize_tensor(torch.randn(4, 5), 8, axis=axis)
+
+
+def test_unknown_calibration():
+    with pytest.raises(ValueError, match="unknown calibration 'median'"):
+        Q.quantize_tensor(torch.randn(4), 8, calibrate="median")
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8, 12, 16])
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("axis", [None, 0, 1])
+def test_roundtrip_error_at_most_half_a_step(bits, symmetric, axis):
+    if symmetric and bits == 1:
+        return
+    x = torch.randn(6, 50) * torch.linspace(0.1, 3, 6)[:, None] + 0.3
+    qt = Q.quantize_tensor(x, bits, symmetric=symmetric, axis=axis)
+    qmin, qmax = Q.qrange(bits, symmetric)
+    assert qt.q.min() >= qmin and qt.q.max() <= qmax
+    scale = qt.scale if axis is None else Q._broadcast(qt.scale, x, axis)
+    err = (qt.dequantize() - x).abs()
+    assert (err <= scale / 2 * (1 + 1e-4) + 1e-6).all()
+
+
+def test_affine_matches_torch_observer_and_quantize_per_tensor():
+    x = torch.randn(1000) * 2 + 0.5
+    obs = torch.ao.quantization.MinMaxObserver(dtype=torch.quint8)
+    obs(x)
+    scale, zp = obs.calculate_qparams()
+    qt = Q.quantize_tensor(x, 8)
+    assert torch.allclose(qt.scale, scale, rtol=1e-6)
+    assert int(qt.zero_point) == int(zp)
+    ref = torch.quantize_per_tensor(x, float(scale), int(zp), torch.quint8)
+    assert torch.equal(qt.q, ref.int_repr().int())
+    assert torch.allclose(qt.dequantize(), ref.dequantize(), atol=1e-6)
+
+
+def test_per_channel_matches_torch_quantize_per_channel():
+    w = torch.randn(8, 20) * torch.arange(1, 9)[:, None]
+    qt = Q.quantize_tensor(w, 8, symmetric=True, axis=0)
+    ref = torch.quantize_per_channel(w, qt.scale.double(), qt.zero_point.long(), 0, torch.qint8)
+    assert torch.equal(qt.q, ref.int_repr().int())
+    # per-channel never does worse than per-tensor when channels differ in range
+    per_tensor = Q.quantize_tensor(w, 4, symmetric=True).dequantize()
+    per_channel = Q.quantize_tensor(w, 4, symmetric=True, axis=0).dequantize()
+    assert Q.quantization_error(w, per_channel)["mse"] < Q.quantization_error(w, per_tensor)["mse"]
+
+
+def test_calibration_methods():
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(5000), torch.tensor([40.0, -35.0])])      # two outliers
+    errs = {m: Q.quantization_error(x, Q.quantize_tensor(x, 4, calibrate=m).dequantize())["mse"]
+            for m in Q.CALIBRATORS}
+    assert errs["mse"] <= errs["minmax"] and errs["percentile"] < errs["minmax"]
+    lo, hi = Q.percentile_range(x, percentile=99.0)
+    assert torch.allclose(hi, torch.quantile(x, 0.99))
+    # the MSE search picks the best clip ratio of a brute-force grid
+    best = min((Q.quantization_error(x, Q.quantize_tensor(
+        x, 4, calibrate=lambda t, r=r, **_: (t.min() * r, t.max() * r)).dequantize())["mse"], r)
+        for r in torch.linspace(1 / 50, 1, 50).tolist())
+    assert errs["mse"] == pytest.approx(best[0], rel=1e-4)
+
+
+def test_quantization_error_stats():
+    x = torch.tensor([1.0, 2.0, 3.0])
+    e = Q.quantization_error(x, torch.tensor([1.0, 2.5, 3.0]))
+    assert e["max_abs"] == 0.5 and e["mse"] == pytest.approx(0.25 / 3)
+    assert e["sqnr_db"] == pytest.approx(10 * math.log10(14 / 0.25))
+
+
+def test_int8_linear_matches_torch_quantized_linear():
+    torch.manual_seed(0)
+    x, w, b = torch.randn(16, 40), torch.randn(12, 40) * 0.2, torch.randn(12) * 0.1
+    xq = Q.quantize_tensor(x, 8)                                      # uint8 affine activations
+    wq = Q.quantize_tensor(w, 8, symmetric=True, axis=0)              # int8 per-channel weights
+    y = x @ w.T + b
+    s_out, z_out = Q.compute_qparams(y.min(), y.max(), 8)
+    ours = Q.int8_linear(xq, wq, b, float(s_out), int(z_out))
+    ref = torch.ao.nn.quantized.Linear(40, 12)
+    ref.set_weight_bias(torch.quantize_per_channel(w, wq.scale.double(), wq.zero_point.long(), 0,
+                                                   torch.qint8), b)
+    ref.scale, ref.zero_point = float(s_out), int(z_out)
+    theirs = ref(torch.quantize_per_tensor(x, float(xq.scale), int(xq.zero_point), torch.quint8))
+    assert (ours - theirs.int_repr().int()).abs().max() <= 1          # within one quantization step
+    assert (Q.dequantize(ours, s_out, z_out) - y).abs().max() <= 2 * s_out
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake quantization, STE, QAT
+# ---------------------------------------------------------------------------------------------
+
+def test_fake_quant_straight_through_gradient():
+    x = torch.randn(5, 7, requires_grad=True)
+    y = Q.FakeQuant(3)(x)
+    assert torch.allclose(y, Q.quantize_tensor(x.detach(), 3).dequantize())
+    (y * torch.arange(7.0)).sum().backward()
+    assert torch.equal(x.grad, torch.arange(7.0).expand(5, 7))
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_fake_quantize_model_levels_and_training(per_channel):
+    mlp, _ = _models()
+    Q.fake_quantize_model(mlp, 2, per_channel=per_channel)
+    w = mlp[1].weight
+    levels = [len(torch.unique(r)) for r in w] if per_channel else [len(torch.unique(w))]
+    assert max(levels) <= 4
+    before = mlp[1].parametrizations.weight.original.clone()
+    loss = mlp(torch.randn(8, 1, 8, 8)).pow(2).mean()
+    loss.backward()
+    torch.optim.SGD(mlp.parameters(), lr=0.1).step()                 # QAT moves the float weights
+    assert not torch.equal(before, mlp[1].parametrizations.weight.original)
+    Q.strip_quantization(mlp)
+    assert isinstance(mlp[1].weight, nn.Parameter) and len(torch.unique(mlp[1].weight)) <= (
+        4 * 32 if per_channel else 4)
+
+
+def test_quantize_unsupported_layer_and_model():
+    mlp, _ = _models()
+    with pytest.raises(TypeError, match="cannot quantize layer '2' of type ReLU"):
+        Q.fake_quantize_model(mlp, 4, layers=["2"])
+    with pytest.raises(ValueError, match="no layer named 'fc9'"):
+        Q.fake_quantize_model(mlp, 4, layers=["fc9"])
+    with pytest.raises(ValueError, match="no Linear or Conv2d layer"):
+        Q.fake_quantize_model(nn.Sequential(nn.ReLU()), 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# k-means sharing, Huffman, Deep Compression size
+# ---------------------------------------------------------------------------------------------
+
+def test_kmeans_1d_is_a_fixed_point_of_lloyd():
+    torch.manual_seed(0)
+    v = torch.randn(2000)
+    c, idx = Q.kmeans_1d(v, 8, iters=100)
+    assert len(c) == 8 and torch.all(c[1:] >= c[:-1])
+    for k in range(8):                                               # centroid = mean of its members
+        assert torch.allclose(c[k], v[idx == k].mean(), atol=1e-5)
+    brute = (v[:, None] - c[None]).abs().argmin(1)                   # each value at its nearest centroid
+    assert torch.equal(idx, brute)
+
+
+def test_kmeans_share_codebook_gradient_and_mask():
+    mlp, _ = _models()
+    mask = (torch.rand_like(mlp[1].weight) > 0.5).float()
+    books = Q.kmeans_share(mlp, 2, masks={"1": mask})
+    with torch.nn.utils.parametrize.cached():                       # forward uses this very `w`
+        w = mlp[1].weight
+        assert len(torch.unique(w[mask.bool()])) <= 4 and torch.all(w[~mask.bool()] == 0)
+        out = mlp(torch.randn(8, 1, 8, 8)).sum()
+        g_w = torch.autograd.grad(out, [w], retain_graph=True)[0]
+        out.backward()
+    book = books["1"]
+    expect = torch.zeros(4).index_add_(0, book.index[mask.bool()], g_w[mask.bool()])
+    assert torch.allclose(book.centroids.grad, expect, atol=1e-5)   # Han et al.'s rule
+    assert mlp[1].parametrizations.weight.original.grad is None
+
+
+def test_huffman_roundtrip_and_bound():
+    torch.manual_seed(0)
+    symbols = torch.multinomial(torch.tensor([0.5, 0.2, 0.1, 0.1, 0.05, 0.05]), 5000, True).tolist()
+    payload, code = Q.huffman_encode(symbols)
+    assert Q.huffman_decode(payload, code, len(symbols)) == symbols
+    p = torch.bincount(torch.tensor(symbols)).float() / len(symbols)
+    entropy = float(-(p * p.log2()).sum())
+    bits = sum(len(code[s]) for s in symbols) / len(symbols)
+    assert entropy <= bits < entropy + 1
+
+
+def test_relative_positions_rebuild_the_mask():
+    mask = torch.zeros(200)
+    mask[[0, 3, 4, 90, 199]] = 1
+    gaps, filler = Q.relative_positions(mask, 4)
+    assert max(gaps) <= 15
+    pos, kept = -1, []
+    for g, f in zip(gaps, filler, strict=True):
+        pos += g
+        if not f:
+            kept.append(pos)
+    assert kept == [0, 3, 4, 90, 199]
+
+
+def test_deep_compression_size_without_huffman():
+    mlp, _ = _models()
+    mask = (torch.rand_like(mlp[1].weight) > 0.9).float()
+    books = Q.kmeans_share(mlp, 3, layers=["1"], masks={"1": mask})
+    size = Q.deep_compression_size(mlp, books, index_bits=8, huffman=False)
+    kept = int(mask.sum())
+    gaps, _ = Q.relative_positions(mask, 8)
+    expect = -(-len(gaps) * 8 // 8) + -(-len(gaps) * 3 // 8) + 8 * 4 + 32 * 4
+    assert size["layers"][0]["bytes"] == expect and size["layers"][0]["kept"] == kept
+    assert size["layers"][1]["bytes"] == 4 * (32 * 10 + 10)          # layer 3 left dense
+    assert size["ratio"] == pytest.approx(size["dense_bytes"] / size["bytes"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Real int8 kernels
+# ---------------------------------------------------------------------------------------------
+
+def test_quantize_int8_close_to_float_and_reloads(tmp_path):
+    for model in _models():
+        model.eval()
+        x = torch.randn(256, 1, 8, 8)
+        int8 = Q.quantize_int8(model, [(x, None)])
+        ref, out = model(x), int8(x)
+        assert (out - ref).abs().max() < 0.05 * ref.abs().max() + 0.05
+        assert (out.argmax(1) == ref.argmax(1)).float().mean() > 0.9
+        size = Q.save_int8(int8, tmp_path / "m.pt")
+        assert size == (tmp_path / "m.pt").stat().st_size
+        again = Q.load_int8(model, tmp_path / "m.pt")
+        assert torch.equal(again(x), out)
+
+
+def test_int8_file_is_a_quarter():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 10)).eval()
+    int8 = Q.quantize_int8(model, [torch.randn(64, 1, 28, 28)])
+    assert Q.file_bytes(int8) <= 0.3 * Q.file_bytes(model)
+
+
+def test_int8_bad_input():
+    mlp, _ = _models()
+    with pytest.raises(ValueError, match="calibration data is empty"):
+        Q.quantize_int8(mlp, [])
+    with pytest.raises(TypeError, match="cannot quantize layer 1 of type GELU"):
+        Q.quantize_int8(nn.Sequential(nn.Linear(4, 4), nn.GELU()), [torch.randn(2, 4)])
+    with pytest.raises(ValueError, match="quantized engine 'tpu' is not available"):
+        Q.quantize_int8(mlp, [torch.randn(2, 1, 8, 8)], engine="tpu")
