@@ -224,7 +224,8 @@ def pareto_front(points: Sequence[dict], objectives: dict[str, bool]) -> list[in
 
 def trial_front(trials: Sequence, objectives: dict[str, bool]) -> list:
     """The successful trials on the Pareto front of `objectives` (metrics of each trial)."""
-    ok = [t for t in trials if t.status == "ok" and all(k in t.metrics for k in objectives)]
+    unique = {search.trial_key(t.config, t.budget): t for t in trials}      # one per (config, budget)
+    ok = [t for t in unique.values() if t.status == "ok" and all(k in t.metrics for k in objectives)]
     return [ok[i] for i in pareto_front([t.metrics for t in ok], objectives)]
 
 

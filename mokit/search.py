@@ -314,7 +314,7 @@ class Runner:
         self._keys[key] = trial
         if self.verbose:
             print(f"  trial {len(self.trials):3d}  budget {budget:3d}  {self.metric} "
-                  f"{trial.value(self.metric, self.maximize):8.3f}  {trial.status}  {_short(config)}")
+                  f"{trial.value(self.metric, self.maximize):8.3f}  {trial.status}  {format_config(config)}")
         return trial
 
     def seen(self, config: dict, budget: int) -> bool:
@@ -332,12 +332,12 @@ class Runner:
                 raise FloatingPointError(f"objective returned {self.metric}={v!r}")
             return Trial(_jsonable(config), budget, _jsonable(metrics), time.perf_counter() - t0, key=key)
         except Exception as e:  # noqa: BLE001 - a failed trial is recorded, the search goes on
-            print(f"  trial failed ({type(e).__name__}: {e}); config {_short(config)}")
+            print(f"  trial failed ({type(e).__name__}: {e}); config {format_config(config)}")
             return Trial(_jsonable(config), budget, {}, time.perf_counter() - t0, "failed",
                          f"{type(e).__name__}: {e}", key=key)
 
 
-def _short(config: dict) -> str:
+def format_config(config: dict) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
 
 
@@ -813,6 +813,7 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
         raise ValueError("Optuna pruners work with one objective; use pruner='none' with several")
     metric, maximize = objectives[0]
     run = _setup(objective, space, metric, maximize, name, path, verbose)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         storage=open_storage(storage), study_name=study_name, load_if_exists=study_name is not None,
         sampler=samplers[sampler](seed), pruner=pruners[pruner](),
@@ -853,7 +854,6 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
             study_.stop()
 
     if ahead() < n_trials:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         study.optimize(fn, callbacks=[stop_when_done], catch=(Exception,))
     return study_result(study, f"optuna_{sampler}", metric, maximize)
 
