@@ -1,0 +1,260 @@
+"""Knowledge distillation as `loss_fn`s for the one `train` loop (Hinton et al. 2015; FitNets).
+
+    loss = distill_loss(teacher, temperature=4, alpha=0.9)         # teacher(x) every step
+    train(student, data, loss_fn=loss)
+    cache = CachedTeacher(teacher, data)                            # teacher run once, up front
+    train(student, cache, loss_fn=distill_loss(cache, temperature=4, alpha=0.9))
+
+Soft targets at temperature T: p_i = softmax(v / T)_i for teacher logits v, q_i = softmax(z / T)_i
+for student logits z. The loss mixes them with the hard labels y:
+
+    L = alpha * T^2 * KL(p || q) + (1 - alpha) * CE(z, y)
+
+T^2 keeps the soft term's gradient, T (q - p), the same size as T changes; as T grows it tends to
+(z - v) / K for zero-mean logits: distillation becomes matching logits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import TensorData
+from .train import predict
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+
+def check_temperature(temperature) -> float:
+    """temperature as a float > 0, else ValueError naming the value."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    return float(temperature)
+
+
+def check_alpha(alpha) -> float:
+    """alpha (weight of the soft-target term) as a float in [0, 1], else ValueError."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be a number in [0, 1] (weight of the soft targets), got {alpha!r}")
+    return float(alpha)
+
+
+def _check_same_classes(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"the teacher outputs {tuple(teacher_logits.shape)} but the student "
+                         f"{tuple(student_logits.shape)}: teacher and student must have the same "
+                         f"number of outputs (classes)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The losses, written out
+# ---------------------------------------------------------------------------------------------
+
+
+def soft_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """p = softmax(logits / T), row-wise; (N, K) -> (N, K). Higher T -> softer."""
+    return F.softmax(logits / check_temperature(temperature), dim=1)
+
+
+def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                     temperature: float) -> torch.Tensor:
+    """T^2 * KL(p || q) = T^2 * mean_n sum_i p_i (log p_i - log q_i), p, q at temperature T."""
+    t = check_temperature(temperature)
+    _check_same_classes(student_logits, teacher_logits)
+    log_p = F.log_softmax(teacher_logits.detach() / t, dim=1)      # (N, K) teacher
+    log_q = F.log_softmax(student_logits / t, dim=1)                # (N, K) student
+    kl = (log_p.exp() * (log_p - log_q)).sum(1).mean()
+    return t * t * kl
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, *,
+            temperature: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
+    """alpha * T^2 * KL(p || q) + (1 - alpha) * CE(z, y) - Hinton et al. 2015."""
+    alpha = check_alpha(alpha)
+    soft = soft_target_loss(student_logits, teacher_logits, temperature)
+    if alpha == 1:
+        return soft
+    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the teacher's logits come from: the teacher itself, or a cache of them
+# ---------------------------------------------------------------------------------------------
+
+
+class CachedTeacher:
+    """The teacher's logits for every training example, computed once; serves them per batch.
+
+    Use it as train()'s data *and* as the teacher of distill_loss: each batch it yields is
+    remembered, and the loss looks up that batch's logits (checking the labels match), so
+    distillation costs one teacher pass over the data instead of one per step. Batches come
+    in the same order as `data.batches(batch_size, seed=seed)`, so a student trained from
+    scratch with the same seed sees exactly the same batches.
+    """
+
+    def __init__(self, teacher: nn.Module | Callable, data: TensorData, *, batch_size: int = 128,
+                 seed: int = 0, logits: torch.Tensor | None = None):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.data, self.batch_size = data, min(batch_size, len(data))
+        self.logits = (predict(teacher, data) if logits is None else logits).to(data.device)  # (N, K)
+        if len(self.logits) != len(data):
+            raise ValueError(f"{len(self.logits)} cached logits for {len(data)} examples")
+        self.generator = torch.Generator().manual_seed(seed)
+        self._batch: tuple[torch.Tensor, torch.Tensor] | None = None   # (indices, labels) now in use
+
+    def __len__(self) -> int:
+        return -(-len(self.data) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.data), generator=self.generator).to(self.data.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            self._batch = (idx, self.data.y[idx])
+            yield self.data.x[idx], self.data.y[idx]
+        self._batch = None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The cached teacher logits of the batch (x, y) this cache yielded last."""
+        if self._batch is None:
+            raise RuntimeError("CachedTeacher has no current batch: pass the cache itself as train()'s data")
+        idx, labels = self._batch
+        if len(y) != len(idx) or not torch.equal(y, labels.to(y.device)):
+            raise RuntimeError("the batch being trained on is not the one the cache yielded last: "
+                               "pass the cache itself as train()'s data")
+        return self.logits[idx].to(x.device)
+
+
+def teacher_logits_fn(teacher: nn.Module | CachedTeacher | Callable) -> Callable:
+    """(x, y) -> teacher logits: a CachedTeacher as is, a model run in eval mode without gradients."""
+    if isinstance(teacher, CachedTeacher):
+        return teacher
+    if isinstance(teacher, nn.Module):
+        teacher.eval()
+
+        def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return teacher(x)
+        return run
+    if callable(teacher):
+        return teacher
+    raise TypeError(f"teacher must be an nn.Module, a CachedTeacher or a callable, got {type(teacher).__name__}")
+
+
+def distill_loss(teacher: nn.Module | CachedTeacher | Callable, *, temperature: float = 4.0,
+                 alpha: float = 0.9) -> Callable:
+    """A train() loss_fn(output, y, x) = kd_loss(output, teacher(x), y, temperature, alpha)."""
+    temperature, alpha = check_temperature(temperature), check_alpha(alpha)
+    logits_of = teacher_logits_fn(teacher)
+
+    def loss_fn(output: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return kd_loss(output, logits_of(x, y), y, temperature=temperature, alpha=alpha)
+    return loss_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Hints (FitNets, Romero et al. 2015): match an inner layer of the teacher through an adapter
+# ---------------------------------------------------------------------------------------------
+
+
+def _capture(model: nn.Module, layer: str, store: dict, key: str):
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        raise ValueError(f"no layer {layer!r} in {type(model).__name__}; layers: {', '.join(n for n in modules if n)}")
+    return modules[layer].register_forward_hook(lambda m, i, out: store.__setitem__(key, out))
+
+
+class HintStudent(nn.Module):
+    """The student plus a small adapter (Linear, or 1x1 conv for feature maps) from its `layer`'s
+    output to the teacher's `teacher_layer` output. forward returns the student's logits;
+    train this wrapper, then keep `.student`."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, layer: str, teacher_layer: str,
+                 in_shape=(1, 28, 28)):
+        super().__init__()
+        self.student, self.features = student, {}
+        self._teacher = [teacher]                       # a list: not a submodule, not trained
+        self._hooks = [_capture(student, layer, self.features, "student"),
+                       _capture(teacher, teacher_layer, self.features, "teacher")]
+        device = next(student.parameters()).device
+        with torch.no_grad():                           # probe both feature shapes
+            was = student.training
+            student.eval()
+            student(torch.zeros(2, *in_shape, device=device))
+            student.train(was)
+            teacher.eval()
+            teacher(torch.zeros(2, *in_shape, device=next(teacher.parameters()).device))
+        s, t = self.features.pop("student"), self.features.pop("teacher")
+        if s.dim() != t.dim() or (s.dim() == 4 and s.shape[2:] != t.shape[2:]):
+            raise ValueError(f"hint layers do not line up: student {tuple(s.shape[1:])}, teacher {tuple(t.shape[1:])}")
+        self.adapter = (nn.Conv2d(s.shape[1], t.shape[1], 1) if s.dim() == 4
+                        else nn.Linear(s.shape[1], t.shape[1])).to(device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+    def remove_hooks(self) -> nn.Module:
+        """Detach the feature hooks; returns the plain student."""
+        for h in self._hooks:
+            h.remove()
+        return self.student
+
+
+def hint_loss(model: HintStudent, *, weight: float = 1.0, temperature: float = 4.0,
+              alpha: float = 0.9) -> Callable:
+    """loss_fn = kd_loss(...) + weight * mean (adapter(student features) - teacher features)^2."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+        raise ValueError(f"hint weight must be a number >= 0, got {weight!r}")
+    temperature, alpha = check_temperature(temperature), check_alpha(alpha)
+    teacher = model._teacher[0]
+
+    def loss_fn(output: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher.eval()
+            t_logits = teacher(x)                       # also fills features["teacher"]
+        hint = F.mse_loss(model.adapter(model.features["student"]), model.features["teacher"])
+        return kd_loss(output, t_logits, y, temperature=temperature, alpha=alpha) + weight * hint
+    return loss_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# The omitted class (Hinton et al. 2015, section 3): raise its bias afterwards
+# ---------------------------------------------------------------------------------------------
+
+
+def last_linear(model: nn.Module) -> nn.Linear:
+    """The model's last nn.Linear (its output layer)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear output layer")
+    return linears[-1]
+
+
+@torch.no_grad()
+def fit_class_bias(model: nn.Module, data: TensorData, cls: int, fraction: float | None = None,
+                   *, iters: int = 40) -> float:
+    """Raise the output bias of class `cls` until the model predicts it for `fraction` of `data`
+    (default 1 / num_classes); uses no labels. Bisection on the shift; returns it (applied)."""
+    out = last_linear(model)
+    if not 0 <= cls < out.out_features:
+        raise ValueError(f"class {cls} is not between 0 and {out.out_features - 1}")
+    fraction = 1 / out.out_features if fraction is None else fraction
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+    logits = predict(model, data)                       # (N, K); a bias shift moves column cls only
+    lo, hi = -50.0, 50.0
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        shifted = logits.clone()
+        shifted[:, cls] += mid
+        lo, hi = (mid, hi) if (shifted.argmax(1) == cls).float().mean() < fraction else (lo, mid)
+    shift = (lo + hi) / 2
+    out.bias[cls] += shift
+    return shift

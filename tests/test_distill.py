@@ -1,0 +1,160 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mokit.data import load_dataset
+from mokit.distill import (
+    CachedTeacher,
+    HintStudent,
+    distill_loss,
+    fit_class_bias,
+    hint_loss,
+    kd_loss,
+    soft_target_loss,
+    soft_targets,
+)
+from mokit.models import create_model
+from mokit.train import evaluate, predict, seed_everything, train
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import os
+    old = os.environ.get("MOKIT_STANDIN")
+    os.environ["MOKIT_STANDIN"] = "1"
+    try:
+        tr = load_dataset("mnist", "train", subset=1000)
+        te = load_dataset("mnist", "test", subset=300)
+    finally:
+        if old is None:
+            os.environ.pop("MOKIT_STANDIN")
+        else:
+            os.environ["MOKIT_STANDIN"] = old
+    seed_everything(0)
+    teacher = create_model("mlp", hidden=(64,))
+    train(teacher, tr, epochs=5, lr=3e-3, progress=False)
+    return tr, te, teacher
+
+
+def test_soft_targets_hand_made():
+    z = torch.tensor([[0.0, 0.0, 2.0]])
+    assert torch.allclose(soft_targets(z, 1.0), torch.softmax(z, 1))
+    assert torch.allclose(soft_targets(z, 2.0), torch.softmax(torch.tensor([[0.0, 0.0, 1.0]]), 1))
+    # very high temperature -> uniform
+    assert torch.allclose(soft_targets(z, 1e6), torch.full((1, 3), 1 / 3), atol=1e-5)
+
+
+@pytest.mark.parametrize("t", [1.0, 3.0, 20.0])
+def test_soft_loss_matches_f_kl_div(t):
+    g = torch.Generator().manual_seed(0)
+    s, v = torch.randn(8, 10, generator=g), torch.randn(8, 10, generator=g) * 3
+    ref = F.kl_div(F.log_softmax(s / t, 1), F.softmax(v / t, 1), reduction="batchmean") * t * t
+    assert torch.allclose(soft_target_loss(s, v, t), ref, atol=1e-6)
+
+
+def test_kd_loss_mixes_by_alpha():
+    g = torch.Generator().manual_seed(1)
+    s, v, y = torch.randn(6, 10, generator=g), torch.randn(6, 10, generator=g), torch.arange(6)
+    soft = F.kl_div(F.log_softmax(s / 4, 1), F.softmax(v / 4, 1), reduction="batchmean") * 16
+    hard = F.cross_entropy(s, y)
+    for a in (0.0, 0.3, 1.0):
+        assert torch.allclose(kd_loss(s, v, y, temperature=4, alpha=a), a * soft + (1 - a) * hard, atol=1e-6)
+
+
+def test_high_temperature_gradient_is_logit_matching():
+    # d(T^2 KL)/dz = T (q - p) -> (z - v) / K for zero-mean logits (Hinton et al. 2015, sec. 2.1)
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(1, 10, generator=g)
+    v = torch.randn(1, 10, generator=g)
+    z, v = (z - z.mean()).requires_grad_(), v - v.mean()
+    soft_target_loss(z, v, 1000.0).backward()
+    assert torch.allclose(z.grad, (z - v).detach() / 10, atol=1e-3)
+
+
+def test_cached_teacher_same_batches_and_logits(tiny):
+    tr, _, teacher = tiny
+    cache = CachedTeacher(teacher, tr, batch_size=128, seed=3)
+    assert torch.allclose(cache.logits, predict(teacher, tr))
+    plain = list(tr.batches(128, seed=3))
+    for (x, y), (px, py) in zip(cache, plain, strict=True):
+        assert torch.equal(x, px) and torch.equal(y, py)
+        with torch.no_grad():
+            assert torch.allclose(cache(x, y), teacher(x), atol=1e-5)
+    assert len(cache) == len(plain)
+
+
+def test_cached_distillation_equals_live_teacher(tiny):
+    tr, te, teacher = tiny
+    runs = []
+    for cached in (False, True):
+        seed_everything(0)
+        student = create_model("mlp", hidden=(16,))
+        if cached:
+            cache = CachedTeacher(teacher, tr, seed=0)
+            train(student, cache, epochs=2, loss_fn=distill_loss(cache, temperature=3, alpha=0.7), progress=False)
+        else:
+            train(student, tr, epochs=2, seed=0, loss_fn=distill_loss(teacher, temperature=3, alpha=0.7), progress=False)
+        runs.append(predict(student, te))
+    assert torch.allclose(runs[0], runs[1], atol=1e-4)
+
+
+def test_cache_used_with_other_batches_fails(tiny):
+    tr, _, teacher = tiny
+    cache = CachedTeacher(teacher, tr)
+    with pytest.raises(RuntimeError, match="pass the cache itself"):
+        train(create_model("mlp", hidden=(8,)), tr, epochs=1, loss_fn=distill_loss(cache), progress=False)
+
+
+def test_distilled_student_learns(tiny):
+    tr, te, teacher = tiny
+    seed_everything(0)
+    student = create_model("mlp", hidden=(16,))
+    train(student, tr, epochs=5, lr=3e-3, loss_fn=distill_loss(teacher, temperature=4, alpha=0.9), progress=False)
+    assert evaluate(student, te)["accuracy"] > 50
+
+
+@pytest.mark.parametrize("t", [0, -1.0, float("nan"), "4", True])
+def test_bad_temperature(t):
+    with pytest.raises(ValueError, match="temperature"):
+        distill_loss(torch.nn.Linear(2, 2), temperature=t)
+
+
+@pytest.mark.parametrize("a", [-0.1, 1.5, None])
+def test_bad_alpha(a):
+    with pytest.raises(ValueError, match="alpha"):
+        distill_loss(torch.nn.Linear(2, 2), alpha=a)
+
+
+def test_teacher_with_other_output_size_fails(tiny):
+    tr, _, _ = tiny
+    teacher = create_model("mlp", hidden=(8,), num_classes=5)
+    with pytest.raises(ValueError, match="same number of outputs"):
+        train(create_model("mlp", hidden=(8,)), tr, epochs=1, loss_fn=distill_loss(teacher), progress=False)
+
+
+def test_hint_student_trains_adapter_and_student(tiny):
+    tr, te, _ = tiny
+    teacher = create_model("lenet5", channels=(4, 8), hidden=32)
+    seed_everything(0)
+    wrapped = HintStudent(create_model("mlp", hidden=(16,)), teacher, layer="2", teacher_layer="8")
+    assert tuple(wrapped.adapter.weight.shape) == (32, 16)
+    before = wrapped.adapter.weight.detach().clone()
+    train(wrapped, tr, epochs=1, loss_fn=hint_loss(wrapped, weight=1.0), progress=False)
+    assert not torch.equal(before, wrapped.adapter.weight)
+    student = wrapped.remove_hooks()
+    assert evaluate(student, te)["n"] == len(te)
+    with pytest.raises(ValueError, match="no layer"):
+        HintStudent(create_model("mlp", hidden=(16,)), teacher, layer="99", teacher_layer="8")
+    with pytest.raises(ValueError, match="hint weight"):
+        hint_loss(wrapped, weight=-1)
+
+
+def test_fit_class_bias_reaches_fraction(tiny):
+    _, te, teacher = tiny
+    import copy
+    model = copy.deepcopy(teacher)
+    shift = fit_class_bias(model, te, cls=3, fraction=0.5)
+    frac = (predict(model, te).argmax(1) == 3).float().mean().item()
+    assert shift > 0 and abs(frac - 0.5) < 0.02
+    with pytest.raises(ValueError, match="class 12"):
+        fit_class_bias(model, te, cls=12)
