@@ -813,7 +813,7 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
         raise ValueError("Optuna pruners work with one objective; use pruner='none' with several")
     metric, maximize = objectives[0]
     run = _setup(objective, space, metric, maximize, name, path, verbose)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)      # mokit prints failed trials itself
     study = optuna.create_study(
         storage=open_storage(storage), study_name=study_name, load_if_exists=study_name is not None,
         sampler=samplers[sampler](seed), pruner=pruners[pruner](),
