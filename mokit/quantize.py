@@ -198,6 +198,24 @@ def int8_linear(x_q: QTensor, w_q: QTensor, bias: torch.Tensor | None, out_scale
     return (torch.round(acc.double() * multiplier) + out_zero_point).clamp(0, 255).to(torch.int32)
 
 
+def torch_int8_linear(x_q: QTensor, w_q: QTensor, bias: torch.Tensor | None, out_scale: float,
+                      out_zero_point: int) -> torch.Tensor:
+    """The same layer through PyTorch's quantized Linear kernel (the reference): uint8 integers."""
+    w = w_q.dequantize()
+    with _quiet_ao():
+        torch.backends.quantized.engine = ENGINE
+        layer = torch.ao.nn.quantized.Linear(w.shape[1], w.shape[0])
+        if w_q.axis is None:
+            qw = torch.quantize_per_tensor(w, float(w_q.scale), int(w_q.zero_point), torch.qint8)
+        else:
+            qw = torch.quantize_per_channel(w, w_q.scale.double(), w_q.zero_point.long(), w_q.axis, torch.qint8)
+        layer.set_weight_bias(qw, bias)
+        layer.scale, layer.zero_point = float(out_scale), int(out_zero_point)
+        x = x_q.dequantize()
+        qx = torch.quantize_per_tensor(x, float(x_q.scale), int(x_q.zero_point), torch.quint8)
+        return layer(qx).int_repr().to(torch.int32)
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. Fake quantization with a straight-through gradient, on a whole model; QAT
 # ---------------------------------------------------------------------------------------------

@@ -268,3 +268,14 @@ def test_int8_bad_input():
         Q.quantize_int8(nn.Sequential(nn.Linear(4, 4), nn.GELU()), [torch.randn(2, 4)])
     with pytest.raises(ValueError, match="quantized engine 'tpu' is not available"):
         Q.quantize_int8(mlp, [torch.randn(2, 1, 8, 8)], engine="tpu")
+
+
+@pytest.mark.parametrize("axis", [None, 0])
+def test_torch_int8_linear_reference_agrees(axis):
+    torch.manual_seed(1)
+    x, w, b = torch.randn(8, 30), torch.randn(5, 30) * 0.3, torch.randn(5) * 0.1
+    xq, wq = Q.quantize_tensor(x, 8), Q.quantize_tensor(w, 8, symmetric=True, axis=axis)
+    y = x @ w.T + b
+    s, z = Q.compute_qparams(y.min(), y.max(), 8)
+    ours = Q.int8_linear(xq, wq, b, float(s), int(z))
+    assert (ours - Q.torch_int8_linear(xq, wq, b, float(s), int(z))).abs().max() <= 1
