@@ -1,0 +1,367 @@
+"""Scaling out: data-parallel training (DDP), a model split into pipeline stages, and one search
+run by several worker processes sharing one Optuna storage. Every helper starts real processes.
+
+    out = ddp_train(create_model("lenet300"), data, world_size=2, steps=20, batch_size=128)
+    out["state"], out["examples_per_s"]                       # rank 0's parameters, throughput
+    out = pipeline_run(model, x, split=[4], micro_batches=8)  # stage s in process s, send/recv
+    out["output"], bubble_fraction(out["timeline"]), bubble_formula(2, 8)
+    result = distributed_search("runs/demo.log", workers=2, n_trials=6)
+
+Data parallel: each of W ranks holds a full copy of the model; a global batch of B examples is cut
+into W slices of B/W; each rank takes the gradient g_r of its slice's mean loss, and DDP averages
+them in an all-reduce: g = (1/W) sum_r g_r = gradient of the mean loss over all B examples. So W
+workers with B/W each take the very step one worker takes with B (up to float rounding).
+
+Pipeline: stage s runs in process s; micro-batch m enters stage s once stage s-1 has finished it.
+With S stages of equal time t and M micro-batches the run takes (M + S - 1) t while each stage is
+busy M t, so the idle share (the bubble) is (S - 1) / (M + S - 1).
+
+Workers are module-level functions (spawn pickles them by name); each sets torch threads to
+`threads` (default 1), and every process group is destroyed and every process joined or
+terminated in `finally` blocks.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .data import atomic_torch_save, safe_torch_load
+
+# ---------------------------------------------------------------------------------------------
+# 1. Launching worker processes
+# ---------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    """A free TCP port on localhost (bind to port 0, let the OS pick, release it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _check_world_size(world_size) -> None:
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be an integer >= 1 (number of worker processes), got {world_size!r}")
+
+
+def pick_backend(world_size: int = 1) -> str:
+    """'nccl' when there is one CUDA device per rank, else 'gloo' (CPU)."""
+    if torch.cuda.is_available() and torch.cuda.device_count() >= world_size and dist.is_nccl_available():
+        return "nccl"
+    return "gloo"
+
+
+def rank_device(rank: int, backend: str | None) -> torch.device:
+    """cuda:rank under nccl, the CPU otherwise."""
+    return torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+
+
+def _entry(rank: int, worker: Callable, world_size: int, backend: str | None, init: str, outdir: str,
+           threads: int, args: tuple) -> None:
+    """What each spawned process runs: set threads, join the group, run worker, save its result."""
+    torch.set_num_threads(threads)
+    if backend:
+        dist.init_process_group(backend, init_method=init, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=120))
+    try:
+        result = worker(rank, world_size, backend, *args)
+        atomic_torch_save(result, Path(outdir) / f"rank{rank}.pt")
+    finally:
+        if backend and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def pick_start_method() -> str:
+    """'fork' where the OS has it and CUDA is not started (a busy laptop starts it in a fraction of
+    a second), else 'spawn' (a fresh interpreter per worker: seconds, since it imports torch again)."""
+    if "fork" in torch.multiprocessing.get_all_start_methods() and not torch.cuda.is_initialized():
+        return "fork"
+    return "spawn"
+
+
+def launch(worker: Callable, world_size: int, args: tuple = (), *, backend: str | None = "auto",
+           threads: int = 1, timeout: float = 300.0, start_method: str | None = None) -> list:
+    """Run worker(rank, world_size, backend, *args) in `world_size` new processes.
+
+    backend: 'auto' (pick_backend), 'gloo', 'nccl', or None (no process group, e.g. a search that
+    shares a storage instead). start_method: 'fork' | 'spawn' | None (pick_start_method).
+    Returns each rank's return value (tensors, numbers, lists, dicts).
+    """
+    _check_world_size(world_size)
+    start_method = start_method or pick_start_method()
+    if start_method not in torch.multiprocessing.get_all_start_methods():
+        raise ValueError(f"start_method {start_method!r} is not available here; valid: "
+                         f"{', '.join(torch.multiprocessing.get_all_start_methods())}")
+    if backend == "auto":
+        backend = pick_backend(world_size)
+    if backend not in ("gloo", "nccl", None):
+        raise ValueError(f"backend must be 'auto', 'gloo', 'nccl' or None, got {backend!r}")
+    init = f"tcp://127.0.0.1:{free_port()}"
+    with tempfile.TemporaryDirectory(prefix="mokit_parallel_") as outdir:
+        ctx = torch.multiprocessing.start_processes(
+            _entry, args=(worker, world_size, backend, init, outdir, threads, tuple(args)),
+            nprocs=world_size, join=False, start_method=start_method)
+        deadline = time.monotonic() + timeout
+        try:
+            while not ctx.join(timeout=1.0):      # raises if a worker failed
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"workers still running after {timeout:.0f} s")
+        finally:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.terminate()
+                p.join()
+        return [safe_torch_load(Path(outdir) / f"rank{r}.pt") for r in range(world_size)]
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Data parallel: DistributedDataParallel, each rank a slice of every global batch
+# ---------------------------------------------------------------------------------------------
+
+def global_batches(n: int, batch_size: int, steps: int, seed: int = 0) -> list[torch.Tensor]:
+    """Indices of the global batch of each step: a seeded permutation, cycled (full batches only)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    per_epoch = n // batch_size
+    return [order[(s % per_epoch) * batch_size:(s % per_epoch + 1) * batch_size] for s in range(steps)]
+
+
+def _check_ddp(world_size, n: int, steps: int, batch_size: int) -> None:
+    _check_world_size(world_size)
+    if not isinstance(steps, int) or steps < 2:
+        raise ValueError(f"steps must be an integer >= 2 (the first one is a timing warm-up), got {steps!r}")
+    if not isinstance(batch_size, int) or batch_size < world_size or batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size!r} must be a multiple of world_size {world_size} "
+                         f"(each rank takes batch_size / world_size examples)")
+    if batch_size > n:
+        raise ValueError(f"batch_size {batch_size} is larger than the data ({n} examples)")
+
+
+def sgd_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int,
+                  lr: float = 0.05, momentum: float = 0.0, seed: int = 0) -> nn.Module:
+    """One process, full batches: the steps DDP must reproduce (trains `model` in place)."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    for idx in global_batches(len(y), batch_size, steps, seed):
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
+def _ddp_worker(rank: int, world_size: int, backend: str, model: nn.Module, x: torch.Tensor,
+                y: torch.Tensor, steps: int, batch_size: int, lr: float, momentum: float, seed: int) -> dict:
+    device = rank_device(rank, backend)
+    model = copy.deepcopy(model).to(device)      # own copy: tensors passed in may be shared memory
+    x, y = x.to(device), y.to(device)
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[rank] if device.type == "cuda" else None)
+    opt = torch.optim.SGD(ddp.parameters(), lr=lr, momentum=momentum)
+    per = batch_size // world_size
+    losses, t0 = [], 0.0
+    for step, idx in enumerate(global_batches(len(y), batch_size, steps, seed)):
+        if step == 1:                                  # step 0 is the warm-up: time the rest
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            dist.barrier()
+            t0 = time.perf_counter()
+        mine = idx[rank * per:(rank + 1) * per].to(device)   # this rank's slice of the global batch
+        loss = F.cross_entropy(ddp(x[mine]), y[mine])
+        opt.zero_grad()
+        loss.backward()                                # DDP all-reduces (averages) gradients here
+        opt.step()
+        losses.append(loss.detach())
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    dist.barrier()
+    seconds = time.perf_counter() - t0
+    out = {"seconds": seconds, "examples_per_s": (steps - 1) * batch_size / seconds,
+           "losses": torch.stack(losses).cpu()}
+    if rank == 0:
+        out["state"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return out
+
+
+def ddp_train(model: nn.Module, data, *, world_size: int, steps: int = 20, batch_size: int = 128,
+              lr: float = 0.05, momentum: float = 0.0, seed: int = 0, threads: int = 1,
+              backend: str = "auto", start_method: str | None = None) -> dict:
+    """Train a copy of `model` with DDP in `world_size` processes, batch_size / world_size each.
+
+    data: a TensorData (or an (x, y) pair). Returns rank 0's final `state`, `seconds` of steps 2..k,
+    `examples_per_s` = (steps - 1) * batch_size / seconds, and every rank's `losses`.
+    """
+    x, y = (data.x, data.y) if hasattr(data, "x") else data
+    _check_ddp(world_size, len(y), steps, batch_size)
+    outs = launch(_ddp_worker, world_size, (model.cpu(), x.cpu(), y.cpu(), steps, batch_size, lr, momentum, seed),
+                  backend=backend, threads=threads, start_method=start_method)
+    return {"state": outs[0]["state"], "seconds": outs[0]["seconds"],
+            "examples_per_s": outs[0]["examples_per_s"], "losses": [o["losses"] for o in outs],
+            "world_size": world_size, "threads": threads}
+
+
+def max_param_diff(a: dict, b: dict) -> float:
+    """max |a - b| over every entry of two state dicts with the same keys."""
+    if a.keys() != b.keys():
+        raise ValueError(f"state dicts differ in keys: {sorted(set(a) ^ set(b))}")
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Pipeline: an nn.Sequential cut into stages, one process each, micro-batches sent between them
+# ---------------------------------------------------------------------------------------------
+
+def split_sequential(model: nn.Module, split: int | Sequence[int]) -> list[nn.Sequential]:
+    """Cut an nn.Sequential before each index in `split`: split=[2] gives model[:2], model[2:]."""
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"the plain stage split needs an nn.Sequential, got {type(model).__name__}")
+    points = [split] if isinstance(split, int) else list(split)
+    n = len(model)
+    if not points:
+        raise ValueError("split needs at least one split point")
+    for p in points:
+        if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= n - 1:
+            raise ValueError(f"split point {p!r} is outside the model: an nn.Sequential of {n} layers "
+                             f"can be split at 1..{n - 1}")
+    if points != sorted(set(points)):
+        raise ValueError(f"split points must be strictly increasing, got {points}")
+    bounds = [0, *points, n]
+    return [model[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _pipeline_worker(rank: int, world_size: int, backend: str, stages: list, chunks: list,
+                     shapes: list, rounds: int) -> dict:
+    """Stage `rank`: receive micro-batch m from rank-1 (or take it), run it, send it to rank+1."""
+    device = rank_device(rank, backend)
+    stage = copy.deepcopy(stages[rank]).to(device).eval()
+    last = rank == world_size - 1
+    for r in range(rounds):                            # round 0 warms up; the last one is timed
+        dist.barrier()
+        timeline, outputs, pending = [], [], []
+        with torch.no_grad():
+            for m, shape in enumerate(shapes[rank]):
+                if rank == 0:
+                    inp = chunks[m].to(device)
+                else:
+                    inp = torch.empty(shape, device=device)
+                    dist.recv(inp, src=rank - 1)       # waits for stage rank-1 to finish m
+                start = time.perf_counter()
+                out = stage(inp).contiguous()
+                end = time.perf_counter()
+                timeline.append({"stage": rank, "micro": m, "start": start, "end": end})
+                if last:
+                    outputs.append(out.cpu())
+                else:
+                    pending.append((dist.isend(out, dst=rank + 1), out))   # keep `out` alive
+        for work, _ in pending:
+            work.wait()
+    return {"timeline": timeline, "output": torch.cat(outputs) if last else None}
+
+
+def pipeline_run(model: nn.Module, x: torch.Tensor, *, split: int | Sequence[int], micro_batches: int = 4,
+                 rounds: int = 2, backend: str = "auto") -> dict:
+    """Run `model` on x as a pipeline: len(split)+1 stages in as many processes, x in micro-batches.
+
+    Returns the last stage's `output` (equal to model(x)), and the `timeline` of the last round:
+    per stage and micro-batch its start and end (seconds from the first start).
+    """
+    stages = split_sequential(model, split)
+    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or not 1 <= micro_batches <= len(x):
+        raise ValueError(f"micro_batches must be an integer in 1..{len(x)} (the batch size), got {micro_batches!r}")
+    chunks = list(x.cpu().chunk(micro_batches))
+    shapes, probe = [], x[:1].cpu()                    # input shape of every stage and micro-batch
+    with torch.no_grad():
+        for stage in stages:
+            shapes.append([(len(c), *probe.shape[1:]) for c in chunks])
+            probe = stage.eval()(probe)
+    outs = launch(_pipeline_worker, len(stages), (stages, chunks, shapes, rounds), backend=backend)
+    timeline = sorted((t for o in outs for t in o["timeline"]), key=lambda t: (t["start"], t["stage"]))
+    t0 = min(t["start"] for t in timeline)
+    timeline = [{**t, "start": t["start"] - t0, "end": t["end"] - t0} for t in timeline]
+    return {"output": outs[-1]["output"], "timeline": timeline, "stages": len(stages),
+            "micro_batches": len(chunks)}
+
+
+def bubble_formula(stages: int, micro_batches: int) -> float:
+    """Idle share of an ideal pipeline (equal stage times, free communication): (S-1)/(M+S-1)."""
+    return (stages - 1) / (micro_batches + stages - 1)
+
+
+def bubble_fraction(timeline: Sequence[dict]) -> float:
+    """Measured idle share: 1 - (busy time summed over stages) / (stages * wall span)."""
+    if not timeline:
+        raise ValueError("timeline is empty")
+    stages = len({t["stage"] for t in timeline})
+    span = max(t["end"] for t in timeline) - min(t["start"] for t in timeline)
+    busy = sum(t["end"] - t["start"] for t in timeline)
+    return 1.0 - busy / (stages * span)
+
+
+def plot_timeline(timeline: Sequence[dict], *, title: str = "pipeline timeline"):
+    """One row per stage, one bar per micro-batch (start..end, ms); the gaps are the bubble."""
+    import matplotlib.pyplot as plt
+
+    stages = sorted({t["stage"] for t in timeline})
+    micros = max(t["micro"] for t in timeline) + 1
+    colors = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(7, 0.7 + 0.6 * len(stages)))
+    for t in timeline:
+        x, w = 1e3 * t["start"], 1e3 * (t["end"] - t["start"])
+        ax.broken_barh([(x, w)], (t["stage"] - 0.4, 0.8), color=colors(t["micro"] % 10))
+        ax.text(x + w / 2, t["stage"], str(t["micro"]), ha="center", va="center", fontsize=7)
+    ax.set(yticks=stages, yticklabels=[f"stage {s}" for s in stages], xlabel="time (ms)",
+           title=f"{title} ({micros} micro-batches)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Distributed search: several processes, one Optuna study in one journal file
+# ---------------------------------------------------------------------------------------------
+
+def _search_worker(rank: int, world_size: int, backend, storage: str, study_name: str, n_trials: int,
+                   dataset: str, n_train: int, n_val: int, seed: int, space_kw: dict) -> dict:
+    """One search worker: its own data copy and objective; trials go to the shared study."""
+    from . import nas, search
+    from .data import load_dataset
+
+    train_data, val_data = load_dataset(dataset, "train", subset=n_train + n_val, seed=seed).split_off(n_val, seed)
+    objective = nas.arch_objective(train_data, val_data, seed=seed)
+
+    def tagged(config: dict, budget: int) -> dict:
+        return {**objective(config, budget), "worker": rank, "pid": os.getpid()}
+
+    result = search.optuna_search(tagged, nas.mlp_space(**space_kw), budget=1, n_trials=n_trials,
+                                  sampler="tpe", seed=seed + rank, metric="val_acc",
+                                  storage=storage, study_name=study_name)
+    return {"worker": rank, "trials_seen": len(result.trials), "real": bool(train_data.real)}
+
+
+def distributed_search(storage: str | os.PathLike, *, workers: int = 2, n_trials: int = 6,
+                       study_name: str = "mokit_distributed", dataset: str = "mnist", n_train: int = 2000,
+                       n_val: int = 500, seed: int = 0, space_kw: dict | None = None):
+    """`workers` processes run one TPE search over nas.mlp_space on one journal-file study.
+
+    Together they finish n_trials trials (each trial claimed by exactly one worker); returns the
+    study's SearchResult (every trial's metrics name its `worker`) and whether the data was real.
+    """
+    from . import search
+
+    _check_world_size(workers)
+    search._check_count("n_trials", n_trials)
+    if not str(storage).endswith((".log", ".journal")):
+        raise ValueError(f"storage {str(storage)!r}: give a journal file (*.log, *.journal) all workers can open")
+    outs = launch(_search_worker, workers, (str(storage), study_name, n_trials, dataset, n_train, n_val, seed,
+                                            dict(space_kw or {})), backend=None)
+    import optuna
+    study = optuna.load_study(study_name=study_name, storage=search.open_storage(str(storage)))
+    return search.study_result(study, "optuna_tpe", "val_acc", True), all(o["real"] for o in outs)
