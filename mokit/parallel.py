@@ -82,10 +82,12 @@ def _entry(rank: int, worker: Callable, world_size: int, backend: str | None, in
             dist.destroy_process_group()
 
 
-def pick_start_method() -> str:
-    """'fork' where the OS has it and CUDA is not started (a busy laptop starts it in a fraction of
-    a second), else 'spawn' (a fresh interpreter per worker: seconds, since it imports torch again)."""
-    if "fork" in torch.multiprocessing.get_all_start_methods() and not torch.cuda.is_initialized():
+def pick_start_method(threads: int = 1) -> str:
+    """'fork' where the OS has it, CUDA is not started and workers use 1 thread (a fork starts in a
+    fraction of a second), else 'spawn' (a fresh interpreter per worker: seconds, it imports torch
+    again). A forked worker with several threads can hang in the OpenMP pool inherited from its parent."""
+    if ("fork" in torch.multiprocessing.get_all_start_methods() and not torch.cuda.is_initialized()
+            and threads == 1):
         return "fork"
     return "spawn"
 
@@ -99,7 +101,7 @@ def launch(worker: Callable, world_size: int, args: tuple = (), *, backend: str 
     Returns each rank's return value (tensors, numbers, lists, dicts).
     """
     _check_world_size(world_size)
-    start_method = start_method or pick_start_method()
+    start_method = start_method or pick_start_method(threads)
     if start_method not in torch.multiprocessing.get_all_start_methods():
         raise ValueError(f"start_method {start_method!r} is not available here; valid: "
                          f"{', '.join(torch.multiprocessing.get_all_start_methods())}")
