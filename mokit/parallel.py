@@ -5,6 +5,7 @@ run by several worker processes sharing one Optuna storage. Every helper starts 
     out["state"], out["examples_per_s"]                       # rank 0's parameters, throughput
     out = pipeline_run(model, x, split=[4], micro_batches=8)  # stage s in process s, send/recv
     out["output"], bubble_fraction(out["timeline"]), bubble_formula(2, 8)
+    y = pipelining_run(model, x, split=[4], micro_batches=8)  # the same via torch.distributed.pipelining
     result = distributed_search("runs/demo.log", workers=2, n_trials=6)
 
 Data parallel: each of W ranks holds a full copy of the model; a global batch of B examples is cut
@@ -290,6 +291,33 @@ def pipeline_run(model: nn.Module, x: torch.Tensor, *, split: int | Sequence[int
     timeline = [{**t, "start": t["start"] - t0, "end": t["end"] - t0} for t in timeline]
     return {"output": outs[-1]["output"], "timeline": timeline, "stages": len(stages),
             "micro_batches": len(chunks)}
+
+
+def _pipelining_worker(rank: int, world_size: int, backend: str, model: nn.Module, x: torch.Tensor,
+                       split: list, micro_batches: int) -> dict:
+    """Stage `rank` of torch.distributed.pipelining: trace, cut, run a GPipe schedule."""
+    from torch.distributed.pipelining import ScheduleGPipe, SplitPoint, pipeline
+
+    device = rank_device(rank, backend)
+    model, x = copy.deepcopy(model).to(device).eval(), x.to(device)
+    pipe = pipeline(model, mb_args=(x.chunk(micro_batches)[0],),
+                    split_spec={str(p): SplitPoint.BEGINNING for p in split})
+    schedule = ScheduleGPipe(pipe.build_stage(rank, device), n_microbatches=micro_batches)
+    out = schedule.step(x) if rank == 0 else schedule.step()
+    return {"output": out.detach().cpu() if rank == world_size - 1 else None}
+
+
+def pipelining_run(model: nn.Module, x: torch.Tensor, *, split: int | Sequence[int], micro_batches: int = 4,
+                   backend: str = "auto") -> torch.Tensor:
+    """The same pipeline through torch.distributed.pipelining (traced split, GPipe schedule): model(x)."""
+    stages = split_sequential(model, split)           # validates the model and the split points
+    points = [split] if isinstance(split, int) else list(split)
+    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 1 \
+            or len(x) % micro_batches:
+        raise ValueError(f"micro_batches must be a positive integer dividing the batch size {len(x)}, "
+                         f"got {micro_batches!r}")
+    outs = launch(_pipelining_worker, len(stages), (model.cpu(), x.cpu(), points, micro_batches), backend=backend)
+    return outs[-1]["output"]
 
 
 def bubble_formula(stages: int, micro_batches: int) -> float:

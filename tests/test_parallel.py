@@ -95,3 +95,14 @@ def test_a_failing_worker_raises_and_leaves_no_process():
 
 def _boom(rank, world_size, backend):
     raise RuntimeError(f"worker {rank} failed on purpose")
+
+
+def test_torch_pipelining_equals_unsplit_model():
+    torch.manual_seed(0)
+    model = create_model("mlp", hidden=(64, 64)).eval()
+    x, _ = _data(32)
+    out = P.pipelining_run(model, x, split=3, micro_batches=4)
+    with torch.no_grad():
+        assert (out - model(x)).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="dividing the batch size 32, got 5"):
+        P.pipelining_run(model, x, split=3, micro_batches=5)
