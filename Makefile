@@ -21,6 +21,7 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks/
 
 test: $(STAMP)
+	$(BIN)/ruff check mokit tests benchmarks
 	$(BIN)/python -m pytest
 
 course: $(STAMP)

@@ -246,7 +246,7 @@ def _pipeline_worker(rank: int, world_size: int, backend: str, stages: list, chu
     device = rank_device(rank, backend)
     stage = copy.deepcopy(stages[rank]).to(device).eval()
     last = rank == world_size - 1
-    for r in range(rounds):                            # round 0 warms up; the last one is timed
+    for _round in range(rounds):                         # round 0 warms up; the last one is timed
         dist.barrier()
         timeline, outputs, pending = [], [], []
         with torch.no_grad():

@@ -274,7 +274,7 @@ def search_path(name: str) -> Path:
     """Folder of the search called `name`: <runs>/searches/<name>."""
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"search name must be a plain folder name, got {name!r}")
-    from .data import runs_root                    # lazily: a search worker need not import torch
+    from .data import runs_root  # lazily: a search worker need not import torch
     return runs_root() / "searches" / name
 
 
@@ -602,7 +602,7 @@ def hill_climb(objective: Callable, space: dict, *, budget: int, n_trials: int, 
         for _ in range(neighbors):
             if len(run.trials) >= n_trials:
                 break
-            config = _propose(space, rng, feasible, lambda: mutate_fn(space, current.config, rng))
+            config = _propose(space, rng, feasible, lambda: mutate_fn(space, current.config, rng))  # noqa: B023 - called at once
             if run.seen(config, budget):
                 stale += 1
                 continue

@@ -316,7 +316,7 @@ RECIPES: dict[str, dict] = {
                  "batch_size": 128},
     "lenet5": {"dataset": "mnist", "epochs": 5, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
                "batch_size": 128},
-    "cifar_cnn": {"dataset": "cifar10", "epochs": 3, "optimizer": "adam", "lr": 3e-3, "schedule": "onecycle",
+    "cifar_cnn": {"dataset": "cifar10", "epochs": 2, "optimizer": "adam", "lr": 3e-3, "schedule": "onecycle",
                   "batch_size": 256},
 }
 SMOKE_TRAIN = 2000     # training examples used by smoke runs (SMOKE=True in the notebooks)

@@ -3,7 +3,6 @@ equals the unsplit model; the bubble formula; distributed search; bad input."""
 
 import pytest
 import torch
-from torch import nn
 
 from mokit import parallel as P
 from mokit.models import create_model
@@ -89,7 +88,7 @@ def test_bad_input_names_the_value():
 
 
 def test_a_failing_worker_raises_and_leaves_no_process():
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="failed on purpose"):   # the worker's error reaches the caller
         P.launch(_boom, 2, backend=None)
 
 

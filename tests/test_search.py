@@ -1,6 +1,5 @@
 """mokit.search: spaces, strategies against brute force, persistence, SIGKILL resume, two workers."""
 
-import itertools
 import json
 import math
 import os

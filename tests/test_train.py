@@ -4,8 +4,16 @@ import pytest
 import torch
 
 from mokit import data, models
-from mokit.train import (OPTIMIZERS, SCHEDULES, History, baseline, evaluate, load_or_train,
-                         seed_everything, train)
+from mokit.train import (
+    OPTIMIZERS,
+    SCHEDULES,
+    History,
+    baseline,
+    evaluate,
+    load_or_train,
+    seed_everything,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
