@@ -2,6 +2,8 @@ import os
 
 import pytest
 
+from mokit import data
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_runs(tmp_path_factory):
@@ -15,3 +17,11 @@ def _isolated_runs(tmp_path_factory):
 def standin(monkeypatch):
     """Force the generated stand-in datasets."""
     monkeypatch.setenv("MOKIT_STANDIN", "1")
+
+
+@pytest.fixture(scope="session")
+def standin_mnist():
+    """(train, test) = 1000 and 500 examples of the generated MNIST stand-in: fast, needs no files."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MOKIT_STANDIN", "1")
+        return data.load_dataset("mnist", "train", subset=1000), data.load_dataset("mnist", "test", subset=500)

@@ -2,7 +2,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mokit.data import load_dataset
 from mokit.distill import (
     CachedTeacher,
     HintStudent,
@@ -18,18 +17,8 @@ from mokit.train import evaluate, predict, seed_everything, train
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    import os
-    old = os.environ.get("MOKIT_STANDIN")
-    os.environ["MOKIT_STANDIN"] = "1"
-    try:
-        tr = load_dataset("mnist", "train", subset=1000)
-        te = load_dataset("mnist", "test", subset=300)
-    finally:
-        if old is None:
-            os.environ.pop("MOKIT_STANDIN")
-        else:
-            os.environ["MOKIT_STANDIN"] = old
+def tiny(standin_mnist):
+    tr, te = standin_mnist
     seed_everything(0)
     teacher = create_model("mlp", hidden=(64,))
     train(teacher, tr, epochs=5, lr=3e-3, progress=False)

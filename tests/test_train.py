@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mokit import data, models
+from mokit import models
 from mokit.train import (
     OPTIMIZERS,
     SCHEDULES,
@@ -17,14 +17,8 @@ from mokit.train import (
 
 
 @pytest.fixture(scope="module")
-def small():
-    import os
-    old = os.environ.get("MOKIT_STANDIN")
-    os.environ["MOKIT_STANDIN"] = "1"
-    try:
-        return data.load_dataset("mnist", "train", subset=1000), data.load_dataset("mnist", "test", subset=500)
-    finally:
-        os.environ.pop("MOKIT_STANDIN") if old is None else os.environ.update(MOKIT_STANDIN=old)
+def small(standin_mnist):
+    return standin_mnist
 
 
 def _fresh(seed=0):
