@@ -183,7 +183,8 @@ def summarize(models: dict[str, nn.Module], data=None, *, in_shape: Sequence[int
               batch_sizes: Sequence[int] = (1, 256), repeats: int = 20) -> Table:
     """One row per model: accuracy (if data), params, nonzeros, size raw/zipped, MACs, latency.
 
-    Latency is measured on the CPU at each batch size in `batch_sizes` (ms per batch, median).
+    Latency is measured on the device each model is on, at each batch size in `batch_sizes`
+    (ms per batch, median).
     """
     from .train import evaluate
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import heapq
-import io
 import math
 import warnings
 from collections import Counter
@@ -576,22 +575,20 @@ def quantize_int8(model: nn.Module, data, *, num_batches: int = 20, batch_size: 
 
 def save_int8(model: nn.Module, path) -> int:
     """Save an int8 model's state dict atomically; returns the file size in bytes."""
-    from .data import atomic_write_bytes
+    from .data import atomic_torch_save
 
-    buf = io.BytesIO()
     with _quiet_ao():
-        torch.save(model.state_dict(), buf)
-    atomic_write_bytes(path, buf.getvalue())
-    return len(buf.getvalue())
+        return atomic_torch_save(model.state_dict(), path).stat().st_size
 
 
 def load_int8(float_model: nn.Module, path, *, engine: str = ENGINE) -> nn.Module:
     """Rebuild an int8 model: prepare + convert float_model's architecture, load the saved state
     (weights_only=True)."""
     int8 = convert_int8(prepare_int8(float_model, engine=engine))
+    from .data import safe_torch_load
+
     with _quiet_ao():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        int8.load_state_dict(state)
+        int8.load_state_dict(safe_torch_load(path))
     return int8
 
 
@@ -605,9 +602,8 @@ def dynamic_int8(model: nn.Module) -> nn.Module:
 
 
 def file_bytes(model: nn.Module) -> int:
-    """Bytes of torch.save(model.state_dict()) - what the model costs on disk."""
-    buf = io.BytesIO()
-    with _quiet_ao():
-        torch.save(model.state_dict(), buf)
-    return len(buf.getvalue())
+    """Bytes of torch.save(model.state_dict()) - metrics.model_size, without torch.ao's warnings."""
+    from .metrics import model_size
 
+    with _quiet_ao():
+        return model_size(model)["bytes"]

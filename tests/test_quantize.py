@@ -254,6 +254,13 @@ def test_quantize_int8_close_to_float_and_reloads(tmp_path):
         assert torch.equal(again(x), out)
 
 
+def test_load_int8_names_a_corrupt_file(tmp_path):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="broken.pt"):
+        Q.load_int8(_models()[0], bad)
+
+
 def test_int8_file_is_a_quarter():
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 10)).eval()
     int8 = Q.quantize_int8(model, [torch.randn(64, 1, 28, 28)])
