@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # JupyterLab refuses to run as root unless told; a learner's laptop never needs this.
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: setup lab test course clean
+.PHONY: setup lab test course student clean
 
 setup: $(STAMP)
 
@@ -27,5 +27,8 @@ test: $(STAMP)
 course: $(STAMP)
 	$(BIN)/python -m mokit.course
 
+student: $(STAMP)
+	$(BIN)/python -m mokit.student
+
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs student .pytest_cache
