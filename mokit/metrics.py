@@ -107,7 +107,7 @@ def measure_latency(model: nn.Module, in_shape: Sequence[int], *, batch_size: in
                     min_seconds: float = 0.0) -> dict:
     """Time forward passes on random input of shape (batch_size, *in_shape).
 
-    Returns median and p90 milliseconds per batch, throughput (examples/s) and the thread count.
+    Returns median, p90 and p99 milliseconds per batch, throughput (examples/s) and the thread count.
     Runs at least `repeats` timed passes (and at least `min_seconds`) after `warmup` untimed ones.
     """
     if batch_size < 1 or repeats < 1:
@@ -134,6 +134,7 @@ def measure_latency(model: nn.Module, in_shape: Sequence[int], *, batch_size: in
         ms = sorted(t * 1e3 for t in times)
         median = statistics.median(ms)
         return {"batch_size": batch_size, "ms": median, "p90_ms": ms[int(0.9 * (len(ms) - 1))],
+                "p99_ms": ms[int(0.99 * (len(ms) - 1))],
                 "throughput": batch_size / (median / 1e3), "threads": torch.get_num_threads(),
                 "device": str(device)}
     finally:
