@@ -1,0 +1,472 @@
+"""Checkers for the notebooks' exercises: `check.magnitude_mask(my_function)`.
+
+Each checker runs the learner's function on small hand-made cases with known answers (and on a
+random case against mokit's or torch's own implementation) and prints either a pass,
+
+    ✓ global_magnitude_masks: 5 cases passed
+
+or exactly what is wrong: which case, expected against got, and a hint. A function that still
+raises NotImplementedError (the student copy's stub) prints "not done yet" and the hint. Nothing
+the learner's code raises escapes a checker, so a notebook always runs on.
+
+A checker returns a `CheckResult` that is truthy only when every case passed; `passed()` counts
+the exercises whose latest check passed in this Python session (what a notebook records).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+_LATEST: dict[str, bool] = {}      # exercise name -> did its latest check pass (this session)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One check: `fn(*args)` must equal `expected`; or `call(fn)` when the call is more than that."""
+    label: str                                  # shown when the case fails: what is being tested
+    args: tuple = ()
+    expected: object = None
+    call: Callable | None = None                # fn -> value to compare (several calls, a loop...)
+    atol: float = 1e-5
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What a checker found. Truthy only when every case passed."""
+    exercise: str
+    passed: bool
+    cases: int
+    message: str = field(repr=False)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __repr__(self) -> str:
+        return f"<{self.exercise}: {'passed' if self.passed else 'not passed'}, {self.cases} cases>"
+
+
+def passed() -> int:
+    """How many exercises passed their latest check in this Python session."""
+    return sum(_LATEST.values())
+
+
+def reset() -> None:
+    """Forget every check (tests use this)."""
+    _LATEST.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# The one runner every checker uses
+# ---------------------------------------------------------------------------------------------
+
+def _short(value) -> str:
+    """A value in a few characters: small tensors in full (4 decimals), big ones by shape."""
+    if torch.is_tensor(value):
+        if value.numel() <= 12:
+            vals = value.tolist()
+            return str(_round(vals)) if value.dim() else f"{_round(vals)}"
+        return f"tensor of shape {tuple(value.shape)}"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = repr(_round(value))
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _round(v):
+    if isinstance(v, float):
+        return round(v, 4)
+    if isinstance(v, (list, tuple)):
+        return type(v)(_round(x) for x in v)
+    return v
+
+
+def _is_number(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) or (torch.is_tensor(v) and v.dim() == 0)
+
+
+def _diff(got, expected, atol: float, where: str = "result") -> str | None:
+    """None when `got` matches `expected`, else one line saying how it differs."""
+    if torch.is_tensor(expected) and expected.dim() > 0:
+        if isinstance(got, (list, tuple)):
+            try:
+                got = torch.as_tensor(got)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        if not torch.is_tensor(got):
+            return f"{where}: expected a tensor of shape {tuple(expected.shape)}, got a {type(got).__name__}"
+        if got.shape != expected.shape:
+            return f"{where}: expected shape {tuple(expected.shape)}, got shape {tuple(got.shape)}"
+        g, e = got.detach().cpu().double(), expected.detach().cpu().double()
+        close = torch.isclose(g, e, atol=atol, rtol=1e-4)
+        if bool(close.all()):
+            return None
+        if expected.numel() <= 12:
+            return f"{where}: expected {_short(expected)}, got {_short(got.detach().cpu())}"
+        first = tuple(int(i) for i in (~close).nonzero()[0])
+        return (f"{where}: {int((~close).sum())} of {expected.numel()} values differ; first at index {first}: "
+                f"expected {e[first].item():.6g}, got {g[first].item():.6g}")
+    if _is_number(expected):
+        if torch.is_tensor(got) and got.numel() == 1:
+            got = got.item()
+        if not _is_number(got):
+            return f"{where}: expected a number ({_short(float(expected))}), got {_short(got)}"
+        g, e = float(got), float(expected)
+        if math.isclose(g, e, abs_tol=atol, rel_tol=1e-4):
+            return None
+        return f"{where}: expected {e:.6g}, got {g:.6g}"
+    if isinstance(expected, (list, tuple)):
+        if torch.is_tensor(got) and got.dim() > 0:
+            got = list(got.unbind(0))
+        if not isinstance(got, (list, tuple)):
+            return f"{where}: expected a list of {len(expected)}, got {_short(got)}"
+        if len(got) != len(expected):
+            return f"{where}: expected {len(expected)} items {_short(expected)}, got {len(got)}: {_short(got)}"
+        for i, (g, e) in enumerate(zip(got, expected)):
+            problem = _diff(g, e, atol, f"{where}[{i}]")
+            if problem:
+                return problem
+        return None
+    if isinstance(expected, dict):
+        if not isinstance(got, dict):
+            return f"{where}: expected a dict {_short(expected)}, got {_short(got)}"
+        if set(got) != set(expected):
+            return f"{where}: expected the keys {sorted(expected)}, got {sorted(got)}"
+        for k in expected:
+            problem = _diff(got[k], expected[k], atol, f"{where}[{k!r}]")
+            if problem:
+                return problem
+        return None
+    if got is expected or got == expected:
+        return None
+    return f"{where}: expected {_short(expected)}, got {_short(got)}"
+
+
+def _run_case(fn: Callable, case: Case):
+    """The value `fn` gives on `case`, and a problem if it changed its arguments in place."""
+    args = copy.deepcopy(case.args)
+    got = case.call(fn) if case.call else fn(*args)
+    changed = next((i for i, (a, b) in enumerate(zip(args, case.args)) if _diff(a, b, 0.0)), None)
+    return got, None if changed is None else (
+        f"it changed its argument {changed + 1} in place; leave the inputs alone and return a new value")
+
+
+def run_checks(exercise: str, fn: Callable, cases: Sequence[Case], hint: str) -> CheckResult:
+    """Run `fn` on every case, stop at the first that fails, print a pass or what went wrong."""
+    if not callable(fn):
+        message = f"✗ {exercise}: expected your function, got {_short(fn)}\n  hint: pass the function itself, not its result"
+        return _finish(exercise, False, len(cases), message)
+    for n, case in enumerate(cases, 1):
+        try:
+            got, problem = _run_case(fn, case)
+            problem = problem or _diff(got, case.expected, case.atol)
+        except NotImplementedError:
+            return _finish(exercise, False, len(cases), f"… {exercise}: not done yet (it raises NotImplementedError).\n  hint: {hint}")
+        except Exception as e:                   # the learner's bug, reported; never crashes the notebook
+            problem = f"it raised {type(e).__name__}: {e}"
+        if problem:
+            message = (f"✗ {exercise}: case {n} of {len(cases)} ({case.label}) is wrong\n"
+                       f"  {problem}\n  hint: {hint}")
+            return _finish(exercise, False, len(cases), message)
+    return _finish(exercise, True, len(cases), f"✓ {exercise}: {len(cases)} cases passed")
+
+
+def _finish(exercise: str, ok: bool, cases: int, message: str) -> CheckResult:
+    print(message)
+    _LATEST[exercise] = ok
+    return CheckResult(exercise, ok, cases, message)
+
+
+def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------------------------
+# 01 training strategies
+# ---------------------------------------------------------------------------------------------
+
+def warmup_cosine(fn: Callable[[float, float], float]) -> CheckResult:
+    """fn(t, warmup) = t / warmup for t < warmup, then 0.5 (1 + cos(pi (t - warmup) / (1 - warmup)))."""
+    from .train import _warmup_cosine
+    cases = [Case("t=0: the start of the warm-up", (0.0, 0.1), 0.0),
+             Case("t=0.05, warmup=0.1: halfway up", (0.05, 0.1), 0.5),
+             Case("t=0.1, warmup=0.1: the peak", (0.1, 0.1), 1.0),
+             Case("t=0.55, warmup=0.1: halfway down the cosine", (0.55, 0.1), 0.5),
+             Case("t=1: the end", (1.0, 0.1), 0.0),
+             Case("t=0.1, warmup=0.2: another warm-up length", (0.1, 0.2), 0.5)]
+    cases += [Case(f"t={t}, warmup=0.25 against mokit.train", (t, 0.25), _warmup_cosine(t, 0.25))
+              for t in (0.13, 0.4, 0.87)]
+    return run_checks("warmup_cosine", fn, cases,
+                      "f(t) = t / warmup while t < warmup, then 0.5 * (1 + cos(pi * (t - warmup) / (1 - warmup)))")
+
+
+def _torch_momentum(w0: torch.Tensor, lr: float, momentum: float, steps: int) -> torch.Tensor:
+    w = w0.clone().requires_grad_()
+    opt = torch.optim.SGD([w], lr=lr, momentum=momentum)
+    for _ in range(steps):
+        opt.zero_grad()
+        (w ** 2).sum().backward()
+        opt.step()
+    return w.detach()
+
+
+def _our_momentum(fn, w0: torch.Tensor, lr: float, momentum: float, steps: int) -> torch.Tensor:
+    w, v = w0.clone(), torch.zeros_like(w0)
+    for _ in range(steps):
+        w, v = fn(w, 2 * w, v, lr, momentum)                  # the gradient of sum(w^2) is 2w
+    return w
+
+
+def momentum_step(fn: Callable) -> CheckResult:
+    """fn(w, g, v, lr, momentum) -> (w, v):  v <- momentum * v + g,  w <- w - lr * v."""
+    t = torch.tensor
+    w0 = _randn(5, seed=1)
+    cases = [Case("first step (v = 0): plain SGD", (t([1.0, 2.0]), t([0.5, -1.0]), t([0.0, 0.0]), 0.1, 0.9),
+                  [t([0.95, 2.1]), t([0.5, -1.0])]),
+             Case("second step, v = previous velocity", (t([0.95, 2.1]), t([0.5, -1.0]), t([0.5, -1.0]), 0.1, 0.9),
+                  [t([0.855, 2.29]), t([0.95, -1.9])]),
+             Case("momentum 0 is plain SGD", (t([1.0]), t([2.0]), t([5.0]), 0.5, 0.0), [t([0.0]), t([2.0])]),
+             Case("3 steps on sum(w^2) against torch.optim.SGD(momentum=0.9)",
+                  call=lambda fn: _our_momentum(fn, w0, 0.05, 0.9, 3), expected=_torch_momentum(w0, 0.05, 0.9, 3))]
+    return run_checks("momentum_step", fn, cases,
+                      "v = momentum * v + g, then w = w - lr * v; return (w, v), both new tensors")
+
+
+# ---------------------------------------------------------------------------------------------
+# 02 pruning
+# ---------------------------------------------------------------------------------------------
+
+def _global_reference(weights: list[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
+    from .prune import magnitude_mask
+    flat = magnitude_mask(torch.cat([w.abs().flatten() for w in weights]), sparsity)
+    return [m.view_as(w) for m, w in zip(flat.split([w.numel() for w in weights]), weights)]
+
+
+def global_magnitude_masks(fn: Callable) -> CheckResult:
+    """fn(weights, sparsity) -> one 0/1 mask per tensor, zeroing the round(sparsity * n) smallest
+    |w| over all tensors together (one threshold for the whole model)."""
+    t = torch.tensor
+    a, b = t([0.1, -3.0, 0.5]), t([2.0, -0.2, 0.05, 0.3, -0.7])
+    rand = [_randn(6, 5, seed=2), _randn(4, 6, seed=3) * 0.1, _randn(3, 4, seed=4)]
+    cases = [Case("sparsity 0 keeps everything", ([a, b], 0.0), [t([1.0, 1, 1]), t([1.0, 1, 1, 1, 1])]),
+             Case("two layers, sparsity 0.5: 0.05, 0.1, -0.2, 0.3 go", ([a, b], 0.5),
+                  [t([0.0, 1, 1]), t([1.0, 0, 0, 0, 1])]),
+             Case("two layers, sparsity 0.75", ([a, b], 0.75), [t([0.0, 1, 0]), t([1.0, 0, 0, 0, 0])]),
+             Case("a 2-D layer keeps its shape", ([t([[0.4, -0.1], [0.2, 0.9]])], 0.5), [t([[1.0, 0], [0, 1]])]),
+             Case("three random layers at sparsity 0.8 against mokit.prune.magnitude_mask", (rand, 0.8),
+                  _global_reference(rand, 0.8))]
+    return run_checks("global_magnitude_masks", fn, cases,
+                      "k = round(sparsity * total number of weights); the threshold is the k-th smallest |w| over "
+                      "all layers together (torch.cat the flattened |w|, then kthvalue); mask = (|w| > threshold)")
+
+
+def agp_sparsity(fn: Callable[[float, float], float]) -> CheckResult:
+    """fn(t, sparsity) = sparsity * (1 - (1 - t)^3), with t clipped to [0, 1]."""
+    from .prune import agp_sparsity as reference
+    cases = [Case("t=0: nothing pruned yet", (0.0, 0.9), 0.0),
+             Case("t=0.5, final 0.9", (0.5, 0.9), 0.7875),
+             Case("t=1: the final sparsity", (1.0, 0.9), 0.9),
+             Case("t past the end stays at the final sparsity", (1.5, 0.9), 0.9),
+             Case("t before the start stays at 0", (-0.2, 0.9), 0.0)]
+    cases += [Case(f"t={t}, final 0.8 against mokit.prune.agp_sparsity", (t, 0.8), reference(t, 0.8))
+              for t in (0.1, 0.33, 0.9)]
+    return run_checks("agp_sparsity", fn, cases,
+                      "clip t into [0, 1] (min/max), then s = sparsity * (1 - (1 - t) ** 3): fast at first, slow at the end")
+
+
+# ---------------------------------------------------------------------------------------------
+# 03 structured pruning
+# ---------------------------------------------------------------------------------------------
+
+def _keep_reference(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    from torch import nn
+
+    from .prune import select_channels
+    n = weight.shape[0]
+    first = nn.Linear(weight.shape[1], n) if weight.dim() == 2 else nn.Conv2d(weight.shape[1], n, weight.shape[2])
+    with torch.no_grad():
+        first.weight.copy_(weight)
+    nxt = nn.Linear(n, 2) if weight.dim() == 2 else nn.Conv2d(n, 2, 1)
+    return select_channels(nn.Sequential(first, nn.ReLU(), nxt), {0: sparsity}, importance="l1")[0]
+
+
+def channels_to_keep(fn: Callable) -> CheckResult:
+    """fn(weight, sparsity) -> sorted indices of the output units (rows / filters) to keep: the
+    max(1, round((1 - sparsity) * n)) with the largest L1 norm sum |w| over everything but dim 0."""
+    t = torch.tensor
+    lin = t([[1.0, -2, 3], [0.5, 0.5, 0], [-1.0, 1, 1], [4.0, -4, 2]])          # L1 norms 6, 1, 3, 10
+    conv = torch.stack([torch.ones(1, 2, 2), -2 * torch.ones(1, 2, 2), 0.5 * torch.ones(1, 2, 2)])   # 4, 8, 2
+    rand = _randn(8, 5, 3, 3, seed=5)
+    cases = [Case("4 neurons (L1 6, 1, 3, 10), sparsity 0.5", (lin, 0.5), t([0, 3])),
+             Case("4 neurons, sparsity 0.25: keep 3", (lin, 0.25), t([0, 2, 3])),
+             Case("sparsity 0.99 still keeps one", (lin, 0.99), t([3])),
+             Case("3 conv filters (L1 4, 8, 2), sparsity 1/3", (conv, 1 / 3), t([0, 1])),
+             Case("random conv layer, sparsity 0.5, against mokit.prune.select_channels", (rand, 0.5),
+                  _keep_reference(rand, 0.5))]
+    return run_checks("channels_to_keep", fn, cases,
+                      "scores = weight.abs().flatten(1).sum(1); n_keep = max(1, round((1 - sparsity) * n)); "
+                      "torch.topk(scores, n_keep).indices, then .sort() so the kept order is the original one")
+
+
+# ---------------------------------------------------------------------------------------------
+# 04 quantization
+# ---------------------------------------------------------------------------------------------
+
+def per_channel_qparams(fn: Callable) -> CheckResult:
+    """fn(w, num_bits) -> (scale, zero_point), one per row: the row's range widened to contain 0,
+    s = (hi - lo) / (2^b - 1), z = round(-lo / s)."""
+    from .quantize import compute_qparams, minmax_range
+    t = torch.tensor
+    rand = _randn(6, 20, seed=6)
+    cases = [Case("2 rows, 2 bits", (t([[-1.0, 0, 2], [0.5, 1, 1.5]]), 2), [t([1.0, 0.5]), t([1, 0])]),
+             Case("a row of negatives only (the range must contain 0)", (t([[-3.0, -1.5, -0.75]]), 2),
+                  [t([1.0]), t([3])]),
+             Case("3 bits", (t([[-0.7, 0.0], [0.0, 1.4]]), 3), [t([0.1, 0.2]), t([7, 0])]),
+             Case("random (6, 20) at 8 bits against mokit.quantize.compute_qparams", (rand, 8),
+                  list(compute_qparams(*minmax_range(rand, axis=0), 8)))]
+    return run_checks("per_channel_qparams", fn, cases,
+                      "lo = w.amin(1).clamp(max=0), hi = w.amax(1).clamp(min=0) (one per row); "
+                      "scale = (hi - lo) / (2 ** num_bits - 1); zero_point = torch.round(-lo / scale)")
+
+
+def fake_quantize(fn: Callable) -> CheckResult:
+    """fn(w, scale, zero_point, num_bits) -> x_hat = s (q - z), q = clamp(round(w / s) + z, 0, 2^b - 1),
+    with one scale and zero-point per row."""
+    from .quantize import compute_qparams, dequantize, minmax_range, quantize
+    t = torch.tensor
+    rand = _randn(5, 16, seed=7)
+    s, z = compute_qparams(*minmax_range(rand, axis=0), 4)
+    cases = [Case("values on the grid come back unchanged", (t([[-1.0, 0, 2], [0.5, 1, 1.5]]), t([1.0, 0.5]), t([1, 0]), 2),
+                  t([[-1.0, 0, 2], [0.5, 1, 1.5]])),
+             Case("rounding to the nearest step", (t([[0.26, -0.74]]), t([0.5]), t([2]), 3), t([[0.5, -0.5]])),
+             Case("clamping: 2.6 is above the top of the 2-bit grid", (t([[-0.4, 0.7, 2.6]]), t([1.0]), t([1]), 2),
+                  t([[0.0, 1.0, 2.0]])),
+             Case("random (5, 16) at 4 bits against mokit.quantize", (rand, s, z, 4),
+                  dequantize(quantize(rand, s, z, 4, axis=0), s, z, axis=0))]
+    return run_checks("fake_quantize", fn, cases,
+                      "reshape the per-row scale and zero-point to (C, 1) (scale[:, None]) so they broadcast; "
+                      "q = (torch.round(w / s) + z).clamp(0, 2 ** num_bits - 1); return s * (q - z)")
+
+
+# ---------------------------------------------------------------------------------------------
+# 05 distillation
+# ---------------------------------------------------------------------------------------------
+
+def soft_targets(fn: Callable) -> CheckResult:
+    """fn(logits, temperature) = softmax(logits / T) row by row."""
+    from .distill import soft_targets as reference
+    t = torch.tensor
+    ln2 = math.log(2.0)
+    rand = _randn(4, 10, seed=8) * 3
+    cases = [Case("equal logits: equal probabilities", (t([[0.0, 0.0]]), 1.0), t([[0.5, 0.5]])),
+             Case("T=1: plain softmax", (t([[2 * ln2, 0.0]]), 1.0), t([[0.8, 0.2]])),
+             Case("T=2 softens", (t([[2 * ln2, 0.0]]), 2.0), t([[2 / 3, 1 / 3]])),
+             Case("2 rows: softmax along the classes (dim 1)", (t([[0.0, 0.0], [2 * ln2, 0.0]]), 1.0),
+                  t([[0.5, 0.5], [0.8, 0.2]])),
+             Case("random (4, 10) at T=4 against mokit.distill.soft_targets", (rand, 4.0), reference(rand, 4.0))]
+    return run_checks("soft_targets", fn, cases, "torch.softmax(logits / temperature, dim=1): one distribution per row")
+
+
+def _kd_reference(z, v, y, temperature, alpha) -> float:
+    soft = F.kl_div(F.log_softmax(z / temperature, 1), F.softmax(v / temperature, 1), reduction="batchmean")
+    return float(alpha * temperature ** 2 * soft + (1 - alpha) * F.cross_entropy(z, y))
+
+
+def kd_loss(fn: Callable) -> CheckResult:
+    """fn(z, v, y, T, alpha) = alpha T^2 KL(softmax(v/T) || softmax(z/T)) + (1 - alpha) CE(z, y)."""
+    from .distill import kd_loss as reference
+    t = torch.tensor
+    same = t([[1.0, 2.0, 3.0]])
+    z, v = _randn(6, 10, seed=9), _randn(6, 10, seed=10) * 2
+    y = torch.arange(6) % 10
+    cases = [Case("student = teacher: the KL term is 0", (same, same, t([2]), 4.0, 0.5),
+                  0.5 * float(F.cross_entropy(same, t([2])))),
+             Case("alpha = 0: labels only (cross-entropy)", (t([[2.0, 1.0, 0.1]]), t([[3.0, 2.5, -1.0]]), t([0]), 4.0, 0.0),
+                  float(F.cross_entropy(t([[2.0, 1.0, 0.1]]), t([0])))),
+             Case("the notebook's logits, T=4, alpha=0.9, against F.kl_div",
+                  (t([[2.0, 1.0, 0.1]]), t([[3.0, 2.5, -1.0]]), t([0]), 4.0, 0.9),
+                  _kd_reference(t([[2.0, 1.0, 0.1]]), t([[3.0, 2.5, -1.0]]), t([0]), 4.0, 0.9)),
+             Case("a batch of 6 (mean over examples), T=2, alpha=0.7, against mokit.distill.kd_loss",
+                  (z, v, y, 2.0, 0.7), float(reference(z, v, y, temperature=2.0, alpha=0.7)))]
+    return run_checks("kd_loss", fn, cases,
+                      "p = softmax(v / T), log q = log_softmax(z / T); KL = sum p * (log p - log q) per row, "
+                      "mean over the batch; loss = alpha * T * T * KL + (1 - alpha) * F.cross_entropy(z, y)")
+
+
+# ---------------------------------------------------------------------------------------------
+# 06 ensembles
+# ---------------------------------------------------------------------------------------------
+
+def average_probs(fn: Callable) -> CheckResult:
+    """fn(logits (M, N, K), weights (M,)) -> (N, K) probabilities: sum_m w_m softmax(z_m)."""
+    from .ensemble import average_probs as reference
+    t = torch.tensor
+    ln3 = math.log(3.0)
+    two = t([[[0.0, 0.0]], [[ln3, 0.0]]])                 # (M=2, N=1, K=2): softmax 0.5/0.5 and 0.75/0.25
+    rand, w = _randn(3, 4, 5, seed=11) * 2, t([0.2, 0.3, 0.5])
+    cases = [Case("2 members, equal weights", (two, t([0.5, 0.5])), t([[0.625, 0.375]])),
+             Case("weights (1, 0): the first member alone", (two, t([1.0, 0.0])), t([[0.5, 0.5]])),
+             Case("weights (0.25, 0.75)", (two, t([0.25, 0.75])), t([[0.6875, 0.3125]])),
+             Case("3 members, 4 examples, 5 classes, against mokit.ensemble.average_probs", (rand, w),
+                  reference(rand, w).exp())]
+    return run_checks("average_probs", fn, cases,
+                      "softmax over the classes (dim 2), multiply member m by weights[m] "
+                      "(weights.view(-1, 1, 1)), sum over the members (dim 0)")
+
+
+def majority_vote(fn: Callable) -> CheckResult:
+    """fn(logits (M, N, K)) -> (N,) the class most members pick; a tie goes to the class with the
+    larger mean probability."""
+    from .ensemble import vote
+    t = torch.tensor
+    three = t([[[5.0, 0, 0], [0, 5.0, 0]], [[5.0, 0, 0], [0, 0, 5.0]], [[0, 5.0, 0], [0, 0, 5.0]]])
+    rand = _randn(5, 8, 4, seed=12)
+    cases = [Case("3 members, 2 examples: clear majorities", (three,), t([0, 2])),
+             Case("a 1-1 tie: the confident member wins", (t([[[4.0, 0, 0]], [[0, 1.0, 0.9]]]),), t([0])),
+             Case("a 1-1 tie the other way", (t([[[1.0, 0, 0]], [[0, 5.0, 0]]]),), t([1])),
+             Case("5 members, 8 examples, against mokit.ensemble.vote", (rand,), vote(rand))]
+    return run_checks("majority_vote", fn, cases,
+                      "votes = F.one_hot(logits.argmax(2), K).sum(0) (N, K); add softmax(logits, 2).mean(0) / 2 "
+                      "(less than one vote, so it only breaks ties) and take argmax(1)")
+
+
+# ---------------------------------------------------------------------------------------------
+# 07 hyperparameter search, 08 architecture search
+# ---------------------------------------------------------------------------------------------
+
+def keep_top(fn: Callable) -> CheckResult:
+    """fn(configs, scores, eta) -> the best max(1, len(configs) // eta) configs, best first
+    (higher score is better; equal scores keep their original order)."""
+    configs = list("abcdefghi")
+    scores = [3, 9, 1, 7, 5, 8, 2, 6, 4]
+    random_scores = [round(float(s), 3) for s in _randn(27, seed=13)]
+    names = [f"c{i}" for i in range(27)]
+    best = [c for _, c in sorted(zip(random_scores, names), key=lambda p: -p[0])][:9]
+    cases = [Case("9 configs, eta 3: the best 3", (configs, scores, 3), ["b", "f", "d"]),
+             Case("5 configs, eta 2: the best 2", (configs[:5], scores[:5], 2), ["b", "d"]),
+             Case("2 configs, eta 3: always keep at least one", (configs[:2], scores[:2], 3), ["b"]),
+             Case("a tie: the earlier config first", (["x", "y", "z"], [5, 5, 1], 3), ["x"]),
+             Case("27 random scores, eta 3", (names, random_scores, 3), best)]
+    return run_checks("keep_top", fn, cases,
+                      "n_keep = max(1, len(configs) // eta); sort the indices by score, highest first "
+                      "(sorted is stable: ties keep their order); return [configs[i] for the first n_keep]")
+
+
+def widen(fn: Callable) -> CheckResult:
+    """fn(config, name, options) -> a new config with config[name] moved to the next larger option,
+    or None when it is already the largest; `config` itself is left unchanged."""
+    arch = {"n_conv": 2, "c0": 8, "c1": 16, "activation": "relu"}
+    widths = (4, 8, 16, 32)
+    cases = [Case("widen c1: 16 -> 32", (arch, "c1", widths), {**arch, "c1": 32}),
+             Case("widen c0: 8 -> 16", (arch, "c0", widths), {**arch, "c0": 16}),
+             Case("already the widest: None", ({**arch, "c1": 32}, "c1", widths), None),
+             Case("unsorted options: the next larger value, not the next position",
+                  ({"d0": 32}, "d0", (64, 16, 128, 32)), {"d0": 64})]
+    return run_checks("widen", fn, cases,
+                      "larger = [o for o in options if o > config[name]]; None if there is none, "
+                      "else {**config, name: min(larger)} (a new dict: do not change config)")
