@@ -1,0 +1,530 @@
+"""Serve an exported ONNX model over HTTP (FastAPI + uvicorn), watch it, and swap it while it runs.
+
+    with Server("runs/models/lenet5.onnx", version="v1") as srv:    # a real process on localhost
+        predict(srv.url, images)                                   # -> classes + probabilities
+        load_test(srv.url, bodies, requests=2000, concurrency=8,   # p50/p99 ms, throughput, failed
+                  swap=lambda: swap_model(srv.url, "runs/models/small.int8.onnx", "v2"))
+    # the process is gone here, also after an exception (finally + weakref.finalize at exit)
+
+Endpoints: POST /predict {"images": [[[...]]]} -> {"classes", "probabilities", "version"};
+GET /metrics (Prometheus text: requests by endpoint and status, latency histogram, model version);
+POST /model {"path", "version"} loads and checks the new file fully, then swaps one reference
+under a lock: requests already running keep the session they started with, none fails.
+GET /health -> {"status": "ok", "version"}. Bad input -> 4xx with {"detail": "<what and what is allowed>"}.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)   # seconds
+MAX_BODY_BYTES = 2_000_000     # a batch of 64 MNIST images as JSON is ~1 MB
+MAX_BATCH = 256
+INPUT, OUTPUT = "input", "logits"   # tensor names inside every ONNX file mokit exports
+
+
+# ---------------------------------------------------------------------------------------------
+# 0. The runtime: ONNX Runtime and numpy only. No torch here, so a server process starts in ~1 s.
+# ---------------------------------------------------------------------------------------------
+
+class TooLarge(ValueError):
+    """Input that is well-formed but over a size limit (HTTP 413)."""
+
+
+def load_session(path: "str | os.PathLike", *, threads: "int | None" = 1):
+    """An ONNX Runtime CPU session for the file at `path` (threads=None: ORT's default, all cores).
+
+    Spinning worker threads are switched off: on a shared 2-core machine they steal the CPU.
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no ONNX model file at {path}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:   # ORT raises its own Fail / InvalidProtobuf / ... types
+        raise ValueError(f"{path} is not a loadable ONNX model: {e}") from e
+
+
+def check_batch(x, in_shape: Sequence[int]) -> np.ndarray:
+    """x as a C-contiguous float32 array of shape (B, *in_shape), else ValueError naming what is wrong."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "iuf":
+        raise ValueError(f"input must be numbers (float or int), got dtype {x.dtype}")
+    if x.ndim != len(in_shape) + 1 or tuple(x.shape[1:]) != tuple(in_shape) or x.shape[0] < 1:
+        raise ValueError(f"input has shape {tuple(x.shape)}; allowed: (batch >= 1, {', '.join(map(str, in_shape))})")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError("input contains NaN or infinity; allowed: finite numbers")
+    return x
+
+
+class OrtModel:
+    """An ONNX file in an ONNX Runtime session: run(x (B, *in_shape)) -> logits (B, K), numpy."""
+
+    def __init__(self, path: "str | os.PathLike", *, threads: "int | None" = 1):
+        self.path = Path(path)
+        self.session = load_session(self.path, threads=threads)
+        dims = self.session.get_inputs()[0].shape[1:]
+        if not all(isinstance(d, int) for d in dims):
+            raise ValueError(f"{self.path.name}: input has symbolic per-example dimensions {dims}; need fixed ones")
+        self.in_shape = tuple(dims)
+
+    def run(self, x) -> np.ndarray:
+        return self.session.run([OUTPUT], {INPUT: check_batch(x, self.in_shape)})[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. The state that outlives a request: the served model and the counters
+# ---------------------------------------------------------------------------------------------
+
+class ModelSlot:
+    """The model being served. `swap` loads + checks a new file completely *before* replacing the
+    one (model, version) reference under a lock; a request takes the reference once and keeps it."""
+
+    def __init__(self, path: str | os.PathLike, version: str = "v1", *, threads: int | None = 1,
+                 model_dir: str | os.PathLike | None = None):
+        self.threads = threads
+        self.model_dir = Path(model_dir or Path(path).parent).resolve()
+        self._lock = threading.Lock()
+        model = OrtModel(path, threads=threads)
+        self.in_shape, self.num_classes = model.in_shape, self._check(model)
+        self._current = (model, str(version))
+        self.swaps = 0
+
+    def current(self) -> tuple[OrtModel, str]:
+        return self._current          # one attribute read: atomic, never half-swapped
+
+    def _check(self, model: OrtModel) -> int:
+        """Run a probe batch: the output must be (2, K) finite logits; returns K."""
+        out = model.run(np.zeros((2, *model.in_shape), np.float32))
+        if out.ndim != 2 or out.shape[0] != 2 or not np.isfinite(out).all():
+            raise ValueError(f"{model.path.name}: probe batch gave output of shape {out.shape} "
+                             f"(finite: {bool(np.isfinite(out).all())}); expected (2, classes) finite logits")
+        return out.shape[1]
+
+    def swap(self, path: str | os.PathLike, version: str) -> dict:
+        """Replace the served model by the file at `path` (under model_dir) or raise, changing nothing."""
+        path = Path(path).resolve()
+        if not path.is_relative_to(self.model_dir):
+            raise PermissionError(f"{path} is outside the model folder {self.model_dir}; only files there may be served")
+        if not version or not isinstance(version, str):
+            raise ValueError(f"version must be a non-empty string, got {version!r}")
+        model = OrtModel(path, threads=self.threads)          # FileNotFoundError / ValueError
+        if model.in_shape != self.in_shape:
+            raise ValueError(f"{path.name} takes inputs {model.in_shape}; the service takes {self.in_shape}")
+        if (k := self._check(model)) != self.num_classes:
+            raise ValueError(f"{path.name} has {k} classes; the service has {self.num_classes}")
+        with self._lock:
+            old = self._current[1]
+            self._current = (model, version)
+            self.swaps += 1
+        return {"version": version, "previous": old, "path": str(path)}
+
+
+class Metrics:
+    """Prometheus counters: requests by (endpoint, status) and a latency histogram per endpoint."""
+
+    def __init__(self, buckets: Sequence[float] = BUCKETS):
+        self.buckets = tuple(buckets)
+        self._lock = threading.Lock()
+        self.requests: Counter = Counter()                       # (endpoint, status) -> n
+        self.hist: dict[str, list[int]] = {}                     # endpoint -> counts per bucket (+Inf last)
+        self.sums: Counter = Counter()                           # endpoint -> total seconds
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        with self._lock:
+            self.requests[(endpoint, status)] += 1
+            counts = self.hist.setdefault(endpoint, [0] * (len(self.buckets) + 1))
+            counts[next((i for i, b in enumerate(self.buckets) if seconds <= b), len(self.buckets))] += 1
+            self.sums[endpoint] += seconds
+
+    def render(self, version: str, swaps: int) -> str:
+        """The text exposition format: cumulative `le` buckets, _sum and _count per endpoint."""
+        out = ["# HELP mokit_requests_total HTTP requests by endpoint and status code.",
+               "# TYPE mokit_requests_total counter"]
+        with self._lock:
+            for (ep, status), n in sorted(self.requests.items()):
+                out.append(f'mokit_requests_total{{endpoint="{ep}",status="{status}"}} {n}')
+            out += ["# HELP mokit_request_latency_seconds Time to answer a request.",
+                    "# TYPE mokit_request_latency_seconds histogram"]
+            for ep, counts in sorted(self.hist.items()):
+                cum = np.cumsum(counts).tolist()
+                for b, c in zip([*map(str, self.buckets), "+Inf"], cum):
+                    out.append(f'mokit_request_latency_seconds_bucket{{endpoint="{ep}",le="{b}"}} {c}')
+                out.append(f'mokit_request_latency_seconds_sum{{endpoint="{ep}"}} {self.sums[ep]:.6f}')
+                out.append(f'mokit_request_latency_seconds_count{{endpoint="{ep}"}} {cum[-1]}')
+        out += ["# HELP mokit_model_info The model version being served.", "# TYPE mokit_model_info gauge",
+                f'mokit_model_info{{version="{version}"}} 1',
+                "# HELP mokit_model_swaps_total Successful model swaps.", "# TYPE mokit_model_swaps_total counter",
+                f"mokit_model_swaps_total {swaps}"]
+        return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The app
+# ---------------------------------------------------------------------------------------------
+
+def parse_images(payload: bytes, in_shape: Sequence[int], max_batch: int = MAX_BATCH) -> np.ndarray:
+    """JSON {"images": nested list (B, *in_shape)} -> float32 array, else ValueError saying what is wrong."""
+    try:
+        body = json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"body is not valid JSON ({e}); send {{\"images\": [...]}}") from None
+    if not isinstance(body, dict) or "images" not in body:
+        raise ValueError(f"JSON must be an object with key 'images'; got {type(body).__name__}"
+                         + (f" with keys {sorted(body)}" if isinstance(body, dict) else ""))
+    try:
+        x = np.asarray(body["images"])
+    except ValueError as e:
+        raise ValueError(f"images must be a rectangular nested list of numbers ({e})") from None
+    if x.dtype == object:
+        raise ValueError("images must be a rectangular nested list of numbers (rows of different lengths)")
+    if x.dtype.kind == "b":
+        raise ValueError("images must be numbers (float or int), got booleans")
+    x = check_batch(x, in_shape)
+    if len(x) > max_batch:
+        raise TooLarge(f"batch of {len(x)} images; allowed: at most {max_batch} per request")
+    return x
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """p_i = exp(z_i - max z) / sum_j exp(z_j - max z), row-wise."""
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def create_app(model_path: str | os.PathLike, *, version: str = "v1", threads: int | None = 1,
+               max_body_bytes: int = MAX_BODY_BYTES, max_batch: int = MAX_BATCH,
+               model_dir: str | os.PathLike | None = None):
+    """The FastAPI app serving `model_path` (swaps only allowed to files under model_dir)."""
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.responses import PlainTextResponse
+    from starlette.concurrency import run_in_threadpool
+
+    slot, metrics = ModelSlot(model_path, version, threads=threads, model_dir=model_dir), Metrics()
+    app = FastAPI(title="mokit model service")
+    app.state.slot, app.state.metrics = slot, metrics
+
+    @app.middleware("http")
+    async def count(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        metrics.observe(request.url.path, response.status_code, time.perf_counter() - t0)
+        return response
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+            raise HTTPException(413, f"body of {int(declared):,} bytes; allowed: at most {max_body_bytes:,}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body_bytes:
+                raise HTTPException(413, f"body over {max_body_bytes:,} bytes; allowed: at most {max_body_bytes:,}")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "version": slot.current()[1]}
+
+    @app.post("/predict")
+    async def predict_endpoint(request: Request) -> dict:
+        payload = await read_body(request)
+        try:
+            x = parse_images(payload, slot.in_shape, max_batch)
+        except ValueError as e:
+            raise HTTPException(413 if isinstance(e, TooLarge) else 422, str(e)) from None
+        model, ver = slot.current()                       # this request's model, whatever swaps next
+        logits = await run_in_threadpool(model.run, x)
+        p = softmax(logits.astype(np.float64))
+        return {"classes": p.argmax(1).tolist(), "probabilities": np.round(p, 6).tolist(), "version": ver}
+
+    @app.post("/model")
+    async def swap_endpoint(request: Request) -> dict:
+        try:
+            body = json.loads(await read_body(request))
+            path, new_version = body["path"], body["version"]
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError):
+            raise HTTPException(422, 'send JSON {"path": "<file.onnx>", "version": "<name>"}') from None
+        try:
+            return await run_in_threadpool(slot.swap, path, new_version)
+        except FileNotFoundError as e:
+            raise HTTPException(404, f"swap refused, still serving {slot.current()[1]}: {e}") from None
+        except PermissionError as e:
+            raise HTTPException(403, f"swap refused, still serving {slot.current()[1]}: {e}") from None
+        except (ValueError, TypeError) as e:
+            raise HTTPException(422, f"swap refused, still serving {slot.current()[1]}: {e}") from None
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics_endpoint() -> str:
+        return metrics.render(slot.current()[1], slot.swaps)
+
+    return app
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The server process: started on a free localhost port, always stopped
+# ---------------------------------------------------------------------------------------------
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if it does not exit within `timeout` s; reap it either way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
+class Server:
+    """`python -m mokit.serve` in a child process on a free localhost port, healthy before use.
+
+    Stopped by stop(), by leaving the `with` block (also on an exception), by garbage collection
+    or interpreter exit (weakref.finalize); the child also exits by itself if its parent dies.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, *, version: str = "v1", threads: int = 1,
+                 host: str = "127.0.0.1", port: int | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+                 model_dir: str | os.PathLike | None = None, startup_timeout: float = 60.0):
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"no ONNX model file at {self.model_path}")
+        self.version, self.threads, self.host, self.port = version, threads, host, port
+        self.max_body_bytes, self.model_dir, self.startup_timeout = max_body_bytes, model_dir, startup_timeout
+        self.proc: subprocess.Popen | None = None
+        self._finalizer = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> "Server":
+        if self.alive:
+            return self
+        self.port = self.port or free_port(self.host)
+        cmd = [sys.executable, "-m", "mokit.serve", str(self.model_path), "--host", self.host,
+               "--port", str(self.port), "--version", self.version, "--threads", str(self.threads),
+               "--max-body-bytes", str(self.max_body_bytes), "--parent-pid", str(os.getpid())]
+        if self.model_dir is not None:
+            cmd += ["--model-dir", str(self.model_dir)]
+        self._log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self._finalizer = weakref.finalize(self, _stop_process, self.proc)    # runs at exit too
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with code {self.proc.returncode} while starting:\n{self.log()}")
+            try:
+                status, _ = request(self.url, "GET", "/health", timeout=2)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"the server did not answer /health within {self.startup_timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        """What the server process printed so far (last 4000 characters)."""
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()            # calls _stop_process once, detaches the at-exit hook
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"Server({self.model_path.name}, {self.url}, {'running' if self.alive else 'stopped'})"
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """In the server process: exit as soon as the process that started us is gone (no orphans)."""
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(0)
+            time.sleep(0.5)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """python -m mokit.serve MODEL.onnx [--port 8000] [--version v1] ... (uvicorn, one process)."""
+    import uvicorn
+
+    ap = argparse.ArgumentParser(prog="python -m mokit.serve", description=main.__doc__)
+    ap.add_argument("model")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--version", default="v1")
+    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per request")
+    ap.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
+    ap.add_argument("--model-dir", default=None, help="swaps may load files from here (default: the model's folder)")
+    ap.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    args = ap.parse_args(argv)
+    if args.parent_pid is not None:
+        _exit_with_parent(args.parent_pid)
+    app = create_app(args.model, version=args.version, threads=args.threads,
+                     max_body_bytes=args.max_body_bytes, model_dir=args.model_dir)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Clients: one request, predictions, a swap, a bounded load test
+# ---------------------------------------------------------------------------------------------
+
+def request(url: str, method: str, path: str, body: bytes | None = None, *, timeout: float = 30,
+            content_type: str = "application/json") -> tuple[int, bytes]:
+    """(status, body bytes) of one HTTP request (http.client; no retries)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers={"Content-Type": content_type} if body is not None else {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def encode_images(x) -> bytes:
+    """The /predict body for a batch x (tensor or array of shape (B, *in_shape))."""
+    return json.dumps({"images": np.round(np.asarray(x, dtype=np.float32), 5).tolist()}).encode()
+
+
+def predict(url: str, x) -> dict:
+    """POST a batch to /predict; returns the JSON answer or raises RuntimeError with the server's detail."""
+    status, body = request(url, "POST", "/predict", encode_images(x))
+    if status != 200:
+        raise RuntimeError(f"/predict answered {status}: {body.decode(errors='replace')}")
+    return json.loads(body)
+
+
+def swap_model(url: str, path: str | os.PathLike, version: str) -> dict:
+    """Ask the server to serve `path` as `version`: {"ok", "status", ...answer or "detail"}."""
+    status, body = request(url, "POST", "/model", json.dumps({"path": str(path), "version": version}).encode())
+    return {"ok": status == 200, "status": status, **json.loads(body)}
+
+
+def load_test(url: str, bodies: Sequence[bytes], *, requests: int = 2000, concurrency: int = 8,
+              swap: Callable[[], dict] | None = None, swap_after: float = 0.5, timeout: float = 30) -> dict:
+    """`requests` POST /predict calls from `concurrency` threads (keep-alive connections), bodies
+    taken round-robin; swap() is called once `swap_after` of them have completed.
+
+    Returns p50/p99 latency ms, throughput (requests/s), failed (non-200 or connection error),
+    the versions that answered and the swap's result.
+    """
+    if requests < 1 or concurrency < 1 or not bodies:
+        raise ValueError(f"need requests >= 1, concurrency >= 1 and bodies; got {requests}, {concurrency}, {len(bodies)}")
+    if not 0 <= swap_after <= 1:
+        raise ValueError(f"swap_after is a fraction of the requests in [0, 1], got {swap_after}")
+    parts = urlsplit(url)
+    lock, next_i, done = threading.Lock(), iter(range(requests)), [0]
+    latencies, versions, errors = [], Counter(), []
+    swap_result: dict = {}
+    swap_due = threading.Event()
+
+    def client():
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        while True:
+            with lock:
+                i = next(next_i, None)
+            if i is None:
+                break
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", "/predict", body=bodies[i % len(bodies)],
+                             headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                payload = resp.read()
+                ok, note = resp.status == 200, f"{resp.status}: {payload[:200]!r}"
+                ver = json.loads(payload)["version"] if ok else None
+            except (OSError, http.client.HTTPException) as e:
+                ok, note, ver = False, repr(e), None
+                conn.close()
+                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+            ms = (time.perf_counter() - t0) * 1e3
+            with lock:
+                done[0] += 1
+                if ok:
+                    latencies.append(ms)
+                    versions[ver] += 1
+                else:
+                    errors.append(note)
+                if done[0] >= swap_after * requests:
+                    swap_due.set()
+        conn.close()
+
+    def swapper():
+        swap_due.wait()
+        t0 = time.perf_counter()
+        swap_result.update(swap())
+        swap_result["seconds"] = time.perf_counter() - t0
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    if swap is not None:
+        threads.append(threading.Thread(target=swapper))
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    ms = sorted(latencies)
+    pick = lambda q: ms[int(q * (len(ms) - 1))] if ms else float("nan")   # noqa: E731
+    return {"requests": requests, "concurrency": concurrency, "failed": len(errors),
+            "p50_ms": statistics.median(ms) if ms else float("nan"), "p99_ms": pick(0.99),
+            "throughput": requests / seconds, "seconds": seconds, "versions": dict(versions),
+            "swap": swap_result or None, "errors": errors[:5]}
+
+
+if __name__ == "__main__":
+    main()
