@@ -470,3 +470,29 @@ def widen(fn: Callable) -> CheckResult:
     return run_checks("widen", fn, cases,
                       "larger = [o for o in options if o > config[name]]; None if there is none, "
                       "else {**config, name: min(larger)} (a new dict: do not change config)")
+
+
+def _point(acc: float, params: int) -> dict:
+    return {"acc": acc, "params": params}
+
+
+def dominates(fn: Callable) -> CheckResult:
+    """fn(a, b, objectives) -> True when point a is no worse than b on every objective and better on
+    one; objectives maps a name to True (maximize) or False (minimize)."""
+    from .nas import dominates as reference
+    acc_params = {"acc": True, "params": False}
+    three = {"acc": True, "params": False, "latency_ms": False}
+    gen = torch.Generator().manual_seed(14)
+    pts = [{k: float(v) for k, v in zip(three, torch.randint(0, 3, (3,), generator=gen))} for _ in range(8)]
+    pairs = [(a, b) for a in pts for b in pts]
+    cases = [Case("better on both", (_point(98, 10), _point(97, 20), acc_params), True),
+             Case("the same point does not dominate itself", (_point(98, 10), _point(98, 10), acc_params), False),
+             Case("more accurate but bigger: a trade-off", (_point(98, 30), _point(97, 20), acc_params), False),
+             Case("as accurate and smaller", (_point(98, 10), _point(98, 20), acc_params), True),
+             Case("worse on both", (_point(97, 20), _point(98, 10), acc_params), False),
+             Case("64 pairs of points on 3 objectives against mokit.nas.dominates",
+                  call=lambda fn: [bool(fn(a, b, three)) for a, b in pairs],
+                  expected=[reference(a, b, three) for a, b in pairs])]
+    return run_checks("dominates", fn, cases,
+                      "flip the sign of minimized objectives; a dominates b when a >= b on every objective "
+                      "(all(...)) and a > b on at least one (any(...))")

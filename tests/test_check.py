@@ -1,0 +1,154 @@
+"""mokit.check: the shared runner's messages, and every checker accepts a right answer and names a wrong one."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mokit import check, distill, ensemble, nas, prune
+from mokit import quantize as Q
+from mokit.train import _warmup_cosine
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    check.reset()
+    yield
+    check.reset()
+
+
+def square(x):
+    return x * x
+
+
+def cases():
+    return [check.Case("2 squared", (2.0,), 4.0), check.Case("a vector", (torch.tensor([1.0, 3.0]),), torch.tensor([1.0, 9.0]))]
+
+
+def test_pass_prints_a_clear_line_and_is_truthy(capsys):
+    result = check.run_checks("square", square, cases(), "multiply x by itself")
+    assert result and result.cases == 2
+    assert capsys.readouterr().out.strip() == "✓ square: 2 cases passed"
+    assert check.passed() == 1
+
+
+def test_wrong_value_names_the_case_expected_got_and_hint(capsys):
+    result = check.run_checks("square", lambda x: x + x, cases(), "multiply x by itself")
+    out = capsys.readouterr().out
+    assert not result and check.passed() == 0
+    assert "✗ square: case 2 of 2 (a vector) is wrong" in out
+    assert "expected [1.0, 9.0], got [2.0, 6.0]" in out and "hint: multiply x by itself" in out
+
+
+def test_wrong_shape_and_type_are_named(capsys):
+    check.run_checks("square", lambda x: torch.zeros(3) if torch.is_tensor(x) else x * x, cases(), "h")
+    assert "expected shape (2,), got shape (3,)" in capsys.readouterr().out
+    check.run_checks("square", lambda x: "four", cases(), "h")
+    assert "expected a number (4), got 'four'" in capsys.readouterr().out
+
+
+def test_big_tensors_report_the_first_differing_index(capsys):
+    big = check.Case("big", (torch.arange(20.0),), torch.arange(20.0))
+    check.run_checks("same", lambda x: torch.where(x == 13, -1.0, x), [big], "h")
+    assert "1 of 20 values differ; first at index (13,): expected 13, got -1" in capsys.readouterr().out
+
+
+def test_stub_says_not_done_yet_with_the_hint(capsys):
+    def stub(x):
+        raise NotImplementedError("Exercise: square it")
+    result = check.run_checks("square", stub, cases(), "multiply x by itself")
+    out = capsys.readouterr().out
+    assert not result and "square: not done yet" in out and "hint: multiply x by itself" in out
+
+
+def test_exceptions_from_the_learner_are_reported_never_raised(capsys):
+    result = check.run_checks("square", lambda x: x[5], cases(), "h")
+    out = capsys.readouterr().out
+    assert not result and "case 1 of 2 (2 squared)" in out and "raised TypeError" in out and "not subscriptable" in out
+
+
+def test_changing_an_input_in_place_is_caught(capsys):
+    def in_place(x):
+        return x.mul_(x) if torch.is_tensor(x) else x * x
+    assert not check.run_checks("square", in_place, cases(), "h")
+    assert "changed its argument 1 in place" in capsys.readouterr().out
+
+
+def test_not_a_function(capsys):
+    assert not check.run_checks("square", 4.0, cases(), "h")
+    assert "expected your function, got 4\n" in capsys.readouterr().out
+
+
+def test_passed_counts_the_latest_result_per_exercise():
+    check.run_checks("a", square, cases(), "h")
+    check.run_checks("b", square, cases(), "h")
+    assert check.passed() == 2
+    check.run_checks("a", lambda x: 0, cases(), "h")
+    assert check.passed() == 1
+
+
+# Right answers, written from the package (the notebooks hold the instructors' own versions).
+def _momentum(w, g, v, lr, momentum):
+    v = momentum * v + g
+    return w - lr * v, v
+
+
+def _global(weights, sparsity):
+    return check._global_reference(weights, sparsity)
+
+
+def _qparams(w, b):
+    return Q.compute_qparams(*Q.minmax_range(w, axis=0), b)
+
+
+def _fake(w, s, z, b):
+    return Q.dequantize(Q.quantize(w, s, z, b, axis=0), s, z, axis=0)
+
+
+def _keep_top(configs, scores, eta):
+    order = sorted(range(len(configs)), key=lambda i: -scores[i])
+    return [configs[i] for i in order[:max(1, len(configs) // eta)]]
+
+
+def _widen(config, name, options):
+    larger = [o for o in options if o > config[name]]
+    return {**config, name: min(larger)} if larger else None
+
+
+RIGHT_AND_WRONG = {
+    "warmup_cosine": (_warmup_cosine, lambda t, w: 0.5 * (1 + math.cos(math.pi * t))),
+    "momentum_step": (_momentum, lambda w, g, v, lr, mu: (w - lr * g, g)),
+    "global_magnitude_masks": (_global, lambda ws, s: [prune.magnitude_mask(w.abs(), s) for w in ws]),
+    "agp_sparsity": (lambda t, s: prune.agp_sparsity(t, s), lambda t, s: s * t ** 3),
+    "channels_to_keep": (lambda w, s: check._keep_reference(w, s),
+                         lambda w, s: torch.topk(w.flatten(1).sum(1), max(1, round((1 - s) * len(w)))).indices.sort().values),
+    "per_channel_qparams": (_qparams, lambda w, b: Q.compute_qparams(w.amin(1), w.amax(1), b, symmetric=True)),
+    "fake_quantize": (_fake, lambda w, s, z, b: s[:, None] * (torch.round(w / s[:, None]) + z[:, None] - z[:, None])),
+    "soft_targets": (distill.soft_targets, lambda z, t: torch.softmax(z / t, dim=0)),
+    "kd_loss": (lambda z, v, y, t, a: distill.kd_loss(z, v, y, temperature=t, alpha=a),
+                lambda z, v, y, t, a: a * F.kl_div(F.log_softmax(z / t, 1), F.softmax(v / t, 1), reduction="batchmean")
+                + (1 - a) * F.cross_entropy(z, y)),
+    "average_probs": (lambda z, w: ensemble.average_probs(z, w).exp(), lambda z, w: torch.softmax(z, 2).mean(0)),
+    "majority_vote": (ensemble.vote, lambda z: z.mean(0).argmax(1)),
+    "keep_top": (_keep_top, lambda c, s, eta: sorted(c, key=lambda x: -s[c.index(x)])[:len(c) // eta]),
+    "widen": (_widen, lambda c, n, o: {**c, n: max(o)}),
+    "dominates": (nas.dominates, lambda a, b, obj: all(a[k] >= b[k] for k in obj)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RIGHT_AND_WRONG))
+def test_each_checker_accepts_a_right_answer_and_explains_a_wrong_one(name, capsys):
+    checker = getattr(check, name)
+    right, wrong = RIGHT_AND_WRONG[name]
+    assert checker(right), capsys.readouterr().out
+    assert capsys.readouterr().out.startswith(f"✓ {name}: ")
+    assert not checker(wrong)
+    out = capsys.readouterr().out
+    assert out.startswith(f"✗ {name}: case ") and "expected" in out and "hint: " in out, out
+
+
+def test_every_checker_is_in_the_table():
+    checkers = {n for n, f in vars(check).items() if callable(f) and getattr(f, "__module__", "") == "mokit.check"
+                and not n.startswith("_") and n not in {"Case", "CheckResult", "passed", "reset", "run_checks"}}
+    assert checkers == set(RIGHT_AND_WRONG)
