@@ -1,0 +1,99 @@
+"""mokit.export: ONNX files equal PyTorch within 1e-4, ORT int8, torch.export, clear errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from mokit import export as E
+from mokit.models import create_model
+from mokit.train import evaluate, seed_everything
+
+SHAPES = {"lenet300": (1, 28, 28), "lenet5": (1, 28, 28), "cifar_cnn": (3, 32, 32)}
+
+
+@pytest.fixture(scope="module")
+def lenet5_onnx(tmp_path_factory):
+    seed_everything(0)
+    model = create_model("lenet5").eval()
+    path = E.export_onnx(model, tmp_path_factory.mktemp("onnx") / "lenet5.onnx", (1, 28, 28))
+    return model, path
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_onnx_runtime_matches_pytorch(name, tmp_path):
+    seed_everything(0)
+    model = create_model(name).eval()
+    if name == "cifar_cnn":              # non-trivial BatchNorm statistics, folded by the exporter
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    path = E.export_onnx(model, tmp_path / f"{name}.onnx", SHAPES[name])
+    assert [p.name for p in tmp_path.iterdir()] == [f"{name}.onnx"]        # atomic: no temp file left
+    ort_model = E.OnnxModel(path)
+    assert ort_model.in_shape == SHAPES[name]
+    for batch in (1, 5):                                                    # the batch axis is dynamic
+        x = torch.randn(batch, *SHAPES[name])
+        assert E.max_abs_diff(model, ort_model, x) <= 1e-4
+
+
+def test_onnx_model_works_with_evaluate_and_latency(lenet5_onnx, standin_mnist):
+    model, path = lenet5_onnx
+    _, test = standin_mnist
+    ort_model = E.OnnxModel(path)
+    assert evaluate(ort_model, test)["errors"] == evaluate(model, test)["errors"]
+    table = E.compare_latency({"torch": model, "ort": ort_model}, (1, 28, 28), batch_sizes=(1, 8),
+                              repeats=5, rounds=1)
+    assert [(r["model"], r["batch"]) for r in table] == [("torch", 1), ("ort", 1), ("torch", 8), ("ort", 8)]
+    assert all(0 < r["p50 ms"] <= r["p99 ms"] and r["examples/s"] > 0 for r in table)
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_ort_int8_is_smaller_and_close(mode, lenet5_onnx, standin_mnist, tmp_path):
+    model, path = lenet5_onnx
+    train, test = standin_mnist
+    dst = E.quantize_onnx(path, tmp_path / "q.onnx", mode=mode, data=train, num_batches=2)
+    assert [p.name for p in tmp_path.iterdir()] == ["q.onnx"]
+    assert dst.stat().st_size < 0.35 * path.stat().st_size                 # int8 weights: ~1/4 of fp32
+    q = E.OnnxModel(dst)
+    with torch.no_grad():
+        ref, out = model(test.x[:200]), q(test.x[:200])
+    agree = (ref.argmax(1) == out.argmax(1)).float().mean().item()
+    assert agree >= 0.9, f"{mode} int8 agrees with fp32 on {agree:.0%} of predictions"
+    assert (ref - out).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_torch_export_round_trip(tmp_path):
+    seed_everything(0)
+    model = create_model("lenet300").eval()
+    loaded = E.load_program(E.export_program(model, tmp_path / "m.pt2", (1, 28, 28)))
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.allclose(loaded(x), model(x), atol=1e-6)
+
+
+def test_bad_input_is_named(lenet5_onnx, tmp_path):
+    model, path = lenet5_onnx
+    with pytest.raises(ValueError, match=r"in_shape must be positive integers.*\(0, 28, 28\)"):
+        E.export_onnx(model, tmp_path / "x.onnx", (0, 28, 28))
+    with pytest.raises(TypeError, match="must be an nn.Module"):
+        E.export_onnx("lenet5", tmp_path / "x.onnx", (1, 28, 28))
+    with pytest.raises(FileNotFoundError, match="no ONNX model file at .*missing.onnx"):
+        E.OnnxModel(tmp_path / "missing.onnx")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="corrupt.onnx is not a loadable ONNX model"):
+        E.OnnxModel(corrupt)
+    ort_model = E.OnnxModel(path)
+    with pytest.raises(ValueError, match=r"shape \(2, 3, 28, 28\); allowed: \(batch >= 1, 1, 28, 28\)"):
+        ort_model(torch.zeros(2, 3, 28, 28))
+    with pytest.raises(ValueError, match="must be numbers.*dtype <U1"):
+        ort_model.run(np.array([["a"]]))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        ort_model.run(np.full((1, 1, 28, 28), np.nan, np.float32))
+    with pytest.raises(ValueError, match="unknown int8 mode 'int4'; allowed: static, dynamic"):
+        E.quantize_onnx(path, tmp_path / "q.onnx", mode="int4")
+    with pytest.raises(ValueError, match="static int8 needs calibration data"):
+        E.quantize_onnx(path, tmp_path / "q.onnx", mode="static")
+    with pytest.raises(FileNotFoundError, match="nope.pt2"):
+        E.load_program(tmp_path / "nope.pt2")
+    assert not (tmp_path / "q.onnx").exists() and not list(tmp_path.glob(".*"))   # nothing half-written
