@@ -197,3 +197,13 @@ def test_slider_moves_output(browser, lab, name, label, default, key, presses, v
         page.evaluate("window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")   # free the kernel
         page.close()
     print(f"{name}: ran in {ran:.0f} s, slider moved in {time.perf_counter() - start - ran:.0f} s")
+
+
+def test_missing_browser_skips_unless_required(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("MOKIT_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no chromium on PATH"):
+        _require_browser()
+    monkeypatch.setenv("MOKIT_BROWSER", "required")
+    with pytest.raises(pytest.fail.Exception, match="MOKIT_BROWSER=required but no chromium"):
+        _require_browser()
