@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import os
 import tempfile
 import warnings
@@ -175,9 +176,12 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, *, mode: str =
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".onnx")
     os.close(fd)
     try:
+        root, level = logging.getLogger(), logging.getLogger().level
+        root.setLevel(logging.ERROR)          # ORT logs "consider pre-processing" on every call
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             QUANT_MODES[mode](src, Path(tmp), data, num_batches, batch_size, per_channel)
+        root.setLevel(level)
         os.replace(tmp, dst)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -237,3 +241,24 @@ def compare_latency(models: dict[str, nn.Module], in_shape: Sequence[int], *, ba
         rows.append({"model": name, "batch": b, "p50 ms": p50, "p99 ms": max(m["p99_ms"] for m in r),
                      "examples/s": b / (p50 / 1e3)})
     return rows
+
+
+def plot_tradeoffs(rows, *, x: str = "file KB", y: str = "accuracy %", color: str = "ms @ 256"):
+    """Accuracy against file size (log) with latency as colour; the 3-objective Pareto front ringed
+    (no other model is at least as accurate, as small and as fast, and better in one)."""
+    import matplotlib.pyplot as plt
+
+    from .nas import pareto_front
+
+    front = set(pareto_front(list(rows), {y: True, x: False, color: False}))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    pts = ax.scatter([r[x] for r in rows], [r[y] for r in rows], c=[r[color] for r in rows], cmap="viridis_r",
+                     s=60, zorder=3)
+    for i, r in enumerate(rows):
+        if i in front:
+            ax.scatter(r[x], r[y], s=220, facecolors="none", edgecolors="crimson", lw=1.5, zorder=2)
+        ax.annotate(r["model"], (r[x], r[y]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    fig.colorbar(pts, ax=ax, label=color)
+    ax.set(xscale="log", xlabel=f"{x} (log)", ylabel=y, title="accuracy vs file size vs latency (ringed: Pareto front)")
+    fig.tight_layout()
+    return fig

@@ -97,3 +97,30 @@ def load_bands(notebook: str, kind: str) -> dict:
     if not path.exists():
         return {}
     return json.loads(path.read_text()).get(kind, {})
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def ledger(contains: str | None = None):
+    """Every notebook's recorded numbers in one Table: one row per (notebook, metric, value).
+
+    Reads <runs>/results/*.json; nested dicts become dotted names, lists are left out;
+    `contains` keeps only metrics whose name contains that text (e.g. "acc").
+    """
+    from .metrics import Table
+
+    rows = Table()
+    for path in sorted((runs_root() / "results").glob("*.json")):
+        for metric, value in sorted(_flatten(load_results(path.stem)).items()):
+            if isinstance(value, list) or (contains is not None and contains not in metric):
+                continue
+            rows.append({"notebook": path.stem, "metric": metric, "value": value})
+    return rows

@@ -97,3 +97,17 @@ def test_bad_input_is_named(lenet5_onnx, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pt2"):
         E.load_program(tmp_path / "nope.pt2")
     assert not (tmp_path / "q.onnx").exists() and not list(tmp_path.glob(".*"))   # nothing half-written
+
+
+def test_ledger_reads_every_notebook(tmp_path, monkeypatch):
+    from mokit.results import ledger, record
+
+    monkeypatch.setenv("MOKIT_RUNS", str(tmp_path))
+    assert ledger() == []
+    record("02_pruning", real_data=True, pruned_acc=98.1, per_layer={"fc1": 0.9}, curve=[1, 2])
+    record("10_deployment_capstone", capstone_acc=98.9)
+    rows = ledger()
+    assert [(r["notebook"], r["metric"], r["value"]) for r in rows] == [
+        ("02_pruning", "per_layer.fc1", 0.9), ("02_pruning", "pruned_acc", 98.1), ("02_pruning", "real_data", True),
+        ("10_deployment_capstone", "capstone_acc", 98.9)]                 # lists left out, dicts dotted
+    assert [r["metric"] for r in ledger(contains="acc")] == ["pruned_acc", "capstone_acc"]
