@@ -233,7 +233,11 @@ def create_app(model_path: str | os.PathLike, *, version: str = "v1", threads: i
     @app.middleware("http")
     async def count(request: Request, call_next):
         t0 = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:                  # counted as the 500 the client gets, then re-raised
+            metrics.observe(request.url.path, 500, time.perf_counter() - t0)
+            raise
         metrics.observe(request.url.path, response.status_code, time.perf_counter() - t0)
         return response
 
@@ -325,7 +329,7 @@ class Server:
         self.version, self.threads, self.host, self.port = version, threads, host, port
         self.max_body_bytes, self.model_dir, self.startup_timeout = max_body_bytes, model_dir, startup_timeout
         self.proc: subprocess.Popen | None = None
-        self._finalizer = None
+        self._finalizer = self._log = None
 
     @property
     def url(self) -> str:
@@ -370,6 +374,8 @@ class Server:
 
     def log(self) -> str:
         """What the server process printed so far (last 4000 characters)."""
+        if self._log is None:
+            return ""
         self._log.seek(0)
         return self._log.read().decode(errors="replace")[-4000:]
 
@@ -506,7 +512,10 @@ def load_test(url: str, bodies: Sequence[bytes], *, requests: int = 2000, concur
     def swapper():
         swap_due.wait()
         t0 = time.perf_counter()
-        swap_result.update(swap())
+        try:
+            swap_result.update(swap())
+        except Exception as e:            # reported, not lost in a thread's traceback
+            swap_result.update(ok=False, error=repr(e))
         swap_result["seconds"] = time.perf_counter() - t0
 
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
