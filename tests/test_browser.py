@@ -7,6 +7,7 @@ Debian's `chromium` (/usr/bin/chromium, `apt-get install chromium`) and the `pla
 never `playwright install`. Skipped when either is missing, unless MOKIT_BROWSER=required (as in .ci/run).
 """
 
+import json
 import os
 import re
 import secrets
@@ -56,6 +57,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _shutdown_kernels(url: str, token: str) -> None:
+    """Ask the server to stop every kernel it started (best effort: the server may be gone)."""
+    auth = {"Authorization": f"token {token}"}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"{url}/api/kernels", headers=auth), timeout=5) as r:
+            kernels = json.loads(r.read())
+        for kernel in kernels:
+            urllib.request.urlopen(urllib.request.Request(f"{url}/api/kernels/{kernel['id']}", headers=auth,
+                                                          method="DELETE"), timeout=10).close()
+    except OSError:
+        pass
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """A JupyterLab server on localhost over a temp root holding SMOKE copies of 02 and 04."""
@@ -90,7 +104,8 @@ def lab(tmp_path_factory):
                 time.sleep(0.5)
         yield {"url": url, "token": token, "chromium": chromium}
     finally:
-        os.killpg(server.pid, signal.SIGTERM)   # the server and its kernels: the whole process group
+        _shutdown_kernels(f"http://127.0.0.1:{port}", token)   # kernels run in sessions of their own
+        os.killpg(server.pid, signal.SIGTERM)                  # then the server's whole process group
         try:
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
