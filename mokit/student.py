@@ -142,16 +142,17 @@ def run_checker(exercise: Exercise, source: str):
     return result, printed.getvalue()
 
 
-def verify(exercise: Exercise) -> list[str]:
-    """Problems with one exercise: its solution must pass, its stub must fail saying 'not done yet'."""
+def verify(exercise: Exercise) -> tuple[list[str], str]:
+    """(problems, what the checker said to the stub): the solution must pass its checker, the stub
+    must fail it with "not done yet" and a hint."""
     problems = []
     solved, text = run_checker(exercise, exercise.source)
     if not solved:
         problems.append(f"the solution fails its checker:\n{text}")
-    stubbed, text = run_checker(exercise, exercise.stub)
-    if stubbed or "not done yet" not in text or "hint:" not in text:
-        problems.append(f"the stub does not fail with 'not done yet' and a hint:\n{text}")
-    return problems
+    stubbed, said = run_checker(exercise, exercise.stub)
+    if stubbed or "not done yet" not in said or "hint:" not in said:
+        problems.append(f"the stub does not fail with 'not done yet' and a hint:\n{said}")
+    return problems, said
 
 
 def notebooks(folder: Path) -> list[Path]:
@@ -177,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"{dest}: {len(exercises)} exercise(s)")
         for ex in exercises:
-            problems = verify(ex)
+            problems, said = verify(ex)
             failed += bool(problems)
-            status = "✗ " + "; ".join(problems) if problems else "solution passes, stub fails with its hint"
-            print(f"    {ex.function:24s} check.{ex.checker:24s} {status}")
+            status = "✗ " + "; ".join(problems) if problems else "✓ the solution passes; the stub gets:"
+            print(f"  {ex.function} (check.{ex.checker}): {status}")
+            print("\n".join("      " + line.strip() for line in said.strip().splitlines()))
     if failed:
         print(f"{failed} exercise(s) with problems", file=sys.stderr)
     return 1 if failed else 0
