@@ -69,8 +69,7 @@ def _short(value) -> str:
     """A value in a few characters: small tensors in full (4 decimals), big ones by shape."""
     if torch.is_tensor(value):
         if value.numel() <= 12:
-            vals = value.tolist()
-            return str(_round(vals)) if value.dim() else f"{_round(vals)}"
+            return str(_round(value.tolist()))
         return f"tensor of shape {tuple(value.shape)}"
     if isinstance(value, float):
         return f"{value:.6g}"
