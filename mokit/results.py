@@ -112,14 +112,18 @@ def _flatten(values: dict, prefix: str = "") -> dict:
 def ledger(contains: str | None = None):
     """Every notebook's recorded numbers in one Table: one row per (notebook, metric, value).
 
-    Reads <runs>/results/*.json; nested dicts become dotted names, lists are left out;
+    Reads <runs>/results/*.json; nested dicts become dotted names, lists are left out, and so
+    are files that are not a notebook's numbers (`make course`'s course.json is a list of rows);
     `contains` keeps only metrics whose name contains that text (e.g. "acc").
     """
     from .metrics import Table
 
     rows = Table()
     for path in sorted((runs_root() / "results").glob("*.json")):
-        for metric, value in sorted(_flatten(load_results(path.stem)).items()):
+        numbers = load_results(path.stem)
+        if not isinstance(numbers, dict):
+            continue
+        for metric, value in sorted(_flatten(numbers).items()):
             if isinstance(value, list) or (contains is not None and contains not in metric):
                 continue
             rows.append({"notebook": path.stem, "metric": metric, "value": value})

@@ -5,6 +5,11 @@ import pytest
 from mokit import data
 
 
+def pytest_collection_modifyitems(config, items):
+    """The browser test last: by then the notebooks' data caches and smoke checkpoints exist."""
+    items.sort(key=lambda item: item.path.name == "test_browser.py")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_runs(tmp_path_factory):
     """Tests record results into a temp folder, never into the user's runs/."""

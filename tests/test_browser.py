@@ -25,7 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 JUPYTER = Path(sys.executable).parent / "jupyter"
 SHOTS = REPO / "runs" / "browser"
-CELL_TIMEOUT_MS = 150_000     # a whole SMOKE notebook, on a shared 2-core CPU
+CELL_TIMEOUT_MS = 200_000     # a whole SMOKE notebook, on a shared 2-core CPU
 
 
 def _missing() -> str | None:
@@ -130,13 +130,25 @@ def browser(lab):
 def _run_notebook(browser, lab, name: str):
     """Open `name` in JupyterLab, run all cells, wait until every cell has run; return the page."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(f"{lab['url']}/lab/tree/{name}.ipynb?token={lab['token']}")
+    # ?reset: a fresh workspace, so the previous test's notebook is not restored beside this one
+    page.goto(f"{lab['url']}/lab/tree/{name}.ipynb?reset&token={lab['token']}")
     page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')", timeout=60_000)
-    page.wait_for_function("""() => {
+    page.wait_for_function("""(path) => {
         const w = window.jupyterapp.shell.currentWidget;
-        return w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel
-            && w.sessionContext.session.kernel.status === 'idle'; }""", timeout=60_000)
-    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        return w && w.context && w.context.path === path && w.sessionContext && w.sessionContext.session
+            && w.sessionContext.session.kernel && w.sessionContext.session.kernel.status === 'idle'; }""",
+                           arg=f"{name}.ipynb", timeout=60_000)
+    started = """() => window.jupyterapp.shell.currentWidget.content.widgets.some(
+        c => c.model.type === 'code' && (c.model.executionCount !== null || c.promptNode.textContent.includes('*')))"""
+    for attempt in range(3):           # a run-all sent while the kernel is still settling can be dropped
+        page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        try:
+            page.wait_for_function(started, timeout=15_000, polling=500)
+            break
+        except Exception:
+            if attempt == 2:
+                page.screenshot(path=str(SHOTS / f"{name}_not_started.png"))
+                raise
     # Done when the last code cell has an execution count and no cell is queued or running,
     # or as soon as a cell raised (the cells after it never run).
     try:

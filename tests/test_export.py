@@ -106,7 +106,8 @@ def test_ledger_reads_every_notebook(tmp_path, monkeypatch):
     assert ledger() == []
     record("02_pruning", real_data=True, pruned_acc=98.1, per_layer={"fc1": 0.9}, curve=[1, 2])
     record("10_deployment_capstone", capstone_acc=98.9)
-    rows = ledger()
+    (tmp_path / "results" / "course.json").write_text('[{"notebook": "02_pruning", "seconds": 90}]')
+    rows = ledger()                                                      # make course's list is not a notebook
     assert [(r["notebook"], r["metric"], r["value"]) for r in rows] == [
         ("02_pruning", "per_layer.fc1", 0.9), ("02_pruning", "pruned_acc", 98.1), ("02_pruning", "real_data", True),
         ("10_deployment_capstone", "capstone_acc", 98.9)]                 # lists left out, dicts dotted
