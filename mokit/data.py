@@ -57,6 +57,10 @@ def checkpoint_path(name: str) -> Path:
     return folder / f"{name}.pt"
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)                       # read once (os.umask can only be read by setting it)
+
+
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
     """Write `payload` to `path` via a temp file + rename, so a crash never leaves half a file."""
     path = Path(path)
@@ -67,6 +71,7 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)     # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
