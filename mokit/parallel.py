@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -39,17 +38,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import atomic_torch_save, safe_torch_load
+from .serve import free_port
 
 # ---------------------------------------------------------------------------------------------
 # 1. Launching worker processes
 # ---------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    """A free TCP port on localhost (bind to port 0, let the OS pick, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _check_world_size(world_size) -> None:
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:

@@ -297,6 +297,7 @@ def create_app(model_path: str | os.PathLike, *, version: str = "v1", threads: i
 # ---------------------------------------------------------------------------------------------
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A free TCP port on `host` (bind to port 0, let the OS pick, release it)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]

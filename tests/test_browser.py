@@ -13,7 +13,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from mokit.serve import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 JUPYTER = Path(sys.executable).parent / "jupyter"
@@ -51,12 +52,6 @@ def _require_browser() -> str:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _shutdown_kernels(url: str, token: str) -> None:
     """Ask the server to stop every kernel it started (best effort: the server may be gone)."""
     auth = {"Authorization": f"token {token}"}
@@ -80,7 +75,7 @@ def lab(tmp_path_factory):
     for name in ("02_pruning", "04_quantization"):
         pm.execute_notebook(str(REPO / "notebooks" / f"{name}.ipynb"), str(root / f"{name}.ipynb"),
                             parameters={"SMOKE": True}, prepare_only=True, progress_bar=False)
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     cmd = [str(JUPYTER), "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
            "--LabApp.expose_app_in_browser=True"] + (["--allow-root"] if os.geteuid() == 0 else [])
