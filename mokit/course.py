@@ -1,7 +1,7 @@
 """Run every notebook at its default settings: `make course` (or `python -m mokit.course [00 02 ...]`).
 
 Executed copies go to <runs>/course/, each notebook's recorded numbers to <runs>/results/, the run
-times to <runs>/results/course.json and a self-contained HTML report (numbers against bands and the
+times to <runs>/course/course.json and a self-contained HTML report (numbers against bands and the
 papers' figures, time, device, data, plots) to <runs>/course/report.html. Each notebook's numbers are
 checked against the "full" bands in notebooks/bands/ ("smoke" ones with `-p SMOKE=true`); the exit
 status is non-zero when a notebook fails or a number falls outside its band (each one is named).
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .data import atomic_write_bytes, runs_root
 from .report import write_report
-from .results import check_bands, load_results, results_path
+from .results import bands_for, check_bands, load_bands, load_results, results_path
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -38,13 +38,6 @@ def notebooks(prefixes: list[str] | None = None, folder: Path = NOTEBOOK_DIR) ->
         if not found:
             raise SystemExit(f"no notebook matches {prefixes}; notebooks in {folder}: {names}")
     return found
-
-
-def bands_for(spec: dict, results: dict, smoke: bool) -> dict:
-    """The bands a run is held to: "full", or "smoke" (+ "smoke_real" when it ran on real data)."""
-    if not smoke:
-        return spec.get("full", {})
-    return spec.get("smoke", {}) | (spec.get("smoke_real", {}) if results.get("real_data") else {})
 
 
 def execute(path: Path, out: Path, parameters: dict) -> tuple[str | None, str]:
@@ -81,15 +74,14 @@ def run_course(paths: list[Path], parameters: dict | None = None, bands_dir: Pat
         error, device = execute(path, out_dir / path.name, parameters)
         seconds = time.perf_counter() - start
         results = load_results(path.stem)
-        bands_file = Path(bands_dir or path.parent / "bands") / f"{path.stem}.json"
-        spec = json.loads(bands_file.read_text()) if bands_file.exists() else {}
-        bands = bands_for(spec, results, bool(parameters.get("SMOKE")))
+        folder = bands_dir or path.parent / "bands"
+        bands = bands_for(path.stem, results, smoke=bool(parameters.get("SMOKE")), folder=folder)
         problems = [error] if error else check_bands(results, bands)
         rows.append({"notebook": path.stem, "seconds": round(seconds, 1),
                      "status": "error" if error else ("outside band" if problems else "ok"),
                      "device": device, "data": {True: "real", False: "stand-in"}.get(results.get("real_data"), "unknown"),
                      "problems": problems, "results": results, "bands": bands,
-                     "references": spec.get("references", {}), "executed": str(out_dir / path.name)})
+                     "references": load_bands(path.stem, "references", folder), "executed": str(out_dir / path.name)})
         print(f"    {rows[-1]['status']} in {seconds:.0f} s" + "".join(f"\n    - {p}" for p in problems))
     return rows
 
@@ -115,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rows = run_course(notebooks(args.only, args.notebooks), dict(args.parameter), args.bands)
     summary = [{k: r[k] for k in ("notebook", "seconds", "status", "device", "data", "problems")} for r in rows]
-    atomic_write_bytes(runs_root() / "results" / "course.json", json.dumps(summary, indent=2).encode())
+    atomic_write_bytes(runs_root() / "course" / "course.json", json.dumps(summary, indent=2).encode())
     report = write_report(rows, runs_root() / "course" / "report.html")
     from .metrics import Table
     print(Table({k: v for k, v in r.items() if k != "problems"} for r in summary))

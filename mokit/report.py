@@ -12,7 +12,7 @@ from html import escape
 from pathlib import Path
 
 from .data import atomic_write_bytes
-from .results import check_bands
+from .results import check_bands, flatten
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -26,18 +26,6 @@ tr.bad td { background: #fde2e2; }
 .ref { color: #555; font-size: 0.9em; }
 img { max-width: 48%; margin: 0.3em; border: 1px solid #ddd; }
 """
-
-
-def flatten(results: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}: the dotted names the bands use."""
-    flat = {}
-    for key, value in results.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat |= flatten(value, name + ".")
-        else:
-            flat[name] = value
-    return flat
 
 
 def fmt(value) -> str:

@@ -91,19 +91,32 @@ def check_bands(results: dict, bands: dict) -> list[str]:
     return problems
 
 
-def load_bands(notebook: str, kind: str) -> dict:
-    """Bands of `kind` ('smoke', 'smoke_real' or 'full') from notebooks/bands/<notebook>.json."""
-    path = Path(__file__).resolve().parent.parent / "notebooks" / "bands" / f"{notebook}.json"
+BANDS_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "bands"
+
+
+def load_bands(notebook: str, kind: str, folder: str | Path | None = None) -> dict:
+    """Section `kind` ('smoke', 'smoke_real', 'full' or 'references') of <folder>/<notebook>.json
+    (folder: notebooks/bands/)."""
+    path = Path(folder or BANDS_DIR) / f"{notebook}.json"
     if not path.exists():
         return {}
     return json.loads(path.read_text()).get(kind, {})
 
 
-def _flatten(values: dict, prefix: str = "") -> dict:
+def bands_for(notebook: str, results: dict, *, smoke: bool, folder: str | Path | None = None) -> dict:
+    """The bands a run is held to: "full"; or "smoke", plus "smoke_real" when it recorded real_data=True."""
+    if not smoke:
+        return load_bands(notebook, "full", folder)
+    real = load_bands(notebook, "smoke_real", folder) if results.get("real_data") else {}
+    return load_bands(notebook, "smoke", folder) | real
+
+
+def flatten(values: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the dotted names the bands use (an empty dict stays a value)."""
     out = {}
     for k, v in values.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -112,18 +125,14 @@ def _flatten(values: dict, prefix: str = "") -> dict:
 def ledger(contains: str | None = None):
     """Every notebook's recorded numbers in one Table: one row per (notebook, metric, value).
 
-    Reads <runs>/results/*.json; nested dicts become dotted names, lists are left out, and so
-    are files that are not a notebook's numbers (`make course`'s course.json is a list of rows);
+    Reads <runs>/results/*.json; nested dicts become dotted names, lists are left out;
     `contains` keeps only metrics whose name contains that text (e.g. "acc").
     """
     from .metrics import Table
 
     rows = Table()
     for path in sorted((runs_root() / "results").glob("*.json")):
-        numbers = load_results(path.stem)
-        if not isinstance(numbers, dict):
-            continue
-        for metric, value in sorted(_flatten(numbers).items()):
+        for metric, value in sorted(flatten(load_results(path.stem)).items()):
             if isinstance(value, list) or (contains is not None and contains not in metric):
                 continue
             rows.append({"notebook": path.stem, "metric": metric, "value": value})

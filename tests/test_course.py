@@ -47,7 +47,7 @@ def test_course_ok_report_lists_numbers_time_and_plots(course_dir):
     assert html.count("<img ") == 1 and "src='data:image/png;base64,iVBOR" in html
     assert "<td>cpu</td>" in html and "<td>stand-in</td>" in html
     assert "http" not in html.replace("http-equiv", "")   # self-contained: no external assets
-    row = json.loads((runs_root() / "results" / "course.json").read_text())[0]
+    row = json.loads((runs_root() / "course" / "course.json").read_text())[0]
     assert row["status"] == "ok" and row["seconds"] > 0 and row["device"] == "cpu" and row["data"] == "stand-in"
 
 
@@ -58,7 +58,7 @@ def test_broken_band_and_raising_notebook_fail_the_course(course_dir, tmp_path, 
     assert course.main(["--notebooks", str(course_dir), "--bands", str(bands)]) == 1
     out = capsys.readouterr().out
     assert "acc = 21.0, outside its band [90, 100]" in out and "missing: not recorded" in out
-    rows = {r["notebook"]: r for r in json.loads((runs_root() / "results" / "course.json").read_text())}
+    rows = {r["notebook"]: r for r in json.loads((runs_root() / "course" / "course.json").read_text())}
     assert rows["01_ok"]["status"] == "outside band"
     assert rows["02_raises"]["status"] == "error" and "deliberate failure" in rows["02_raises"]["problems"][0]
     html = _report()

@@ -11,7 +11,7 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-from mokit.results import check_bands, load_bands, load_results
+from mokit.results import bands_for, check_bands, load_results
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -26,9 +26,7 @@ def test_notebook_smoke(path, tmp_path):
     results = load_results(path.stem)
     assert results, f"{path.name} recorded nothing"
     assert "real_data" in results, f"{path.name} must record real_data (True/False)"
-    bands = load_bands(path.stem, "smoke")
-    if results["real_data"]:
-        bands |= load_bands(path.stem, "smoke_real")
+    bands = bands_for(path.stem, results, smoke=True)
     assert bands, f"no bands for {path.stem} in notebooks/bands/"
     problems = check_bands(results, bands)
     assert not problems, f"{path.name} ({seconds:.0f} s): " + "; ".join(problems)

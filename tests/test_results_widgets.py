@@ -37,3 +37,16 @@ def test_panel_runs_fn_with_control_values():
     live = widgets.panel(lambda a: seen.append(a), live=True, a=widgets.int_slider(1, 0, 5))
     live.controls["a"].value = 3
     assert seen[-1] == 3
+
+
+def test_bands_for_picks_the_sections_and_flatten_names_them(tmp_path):
+    (tmp_path / "99_demo.json").write_text(json.dumps(
+        {"smoke": {"acc": [10, 100]}, "smoke_real": {"acc": [90, 100]}, "full": {"acc": [98, 100]},
+         "references": {"acc": "a paper"}}))
+    pick = lambda real, smoke: results.bands_for("99_demo", {"real_data": real}, smoke=smoke, folder=tmp_path)  # noqa: E731
+    assert pick(False, True) == {"acc": [10, 100]}
+    assert pick(True, True) == {"acc": [90, 100]}                       # smoke_real tightens smoke
+    assert pick(True, False) == {"acc": [98, 100]}
+    assert results.load_bands("99_demo", "references", tmp_path) == {"acc": "a paper"}
+    assert results.bands_for("00_missing", {}, smoke=True, folder=tmp_path) == {}
+    assert results.flatten({"a": {"b": 1, "c": {}}, "d": [1]}) == {"a.b": 1, "a.c": {}, "d": [1]}
