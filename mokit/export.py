@@ -172,20 +172,16 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, *, mode: str =
         raise FileNotFoundError(f"no ONNX model file at {src}")
     if num_batches < 1 or batch_size < 1:
         raise ValueError(f"num_batches and batch_size must be >= 1, got {num_batches}, {batch_size}")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".onnx")
-    os.close(fd)
-    try:
-        root, level = logging.getLogger(), logging.getLogger().level
+    root, level = logging.getLogger(), logging.getLogger().level
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         root.setLevel(logging.ERROR)          # ORT logs "consider pre-processing" on every call
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            QUANT_MODES[mode](src, Path(tmp), data, num_batches, batch_size, per_channel)
-        root.setLevel(level)
-        os.replace(tmp, dst)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return dst
+        try:
+            out = Path(tmp) / dst.name        # ORT writes to a path: quantize there, then one atomic write
+            QUANT_MODES[mode](src, out, data, num_batches, batch_size, per_channel)
+        finally:
+            root.setLevel(level)
+        return atomic_write_bytes(dst, out.read_bytes())
 
 
 # ---------------------------------------------------------------------------------------------
