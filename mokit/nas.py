@@ -191,11 +191,15 @@ def constraint(*, max_params: int | None = None, max_macs: int | None = None,
     return feasible
 
 
-def arch_objective(train_data, val_data, *, seed: int = 0, latency: bool = False,
+def arch_objective(train_data, val_data, *, seed: int = 0, latency: bool = False, device=None,
                    **train_kw) -> Callable[[dict, int], dict]:
-    """objective(config, budget): build, train `budget` epochs, val_acc + params, MACs (+ latency)."""
+    """objective(config, budget): build, train `budget` epochs, val_acc + params, MACs (+ latency).
+
+    The data moves to `device` once (search.train_objective), not once per architecture.
+    """
     shape, k = train_data.shape, train_data.num_classes
-    inner = search.train_objective(lambda c: build(c, shape, k), train_data, val_data, seed=seed, **train_kw)
+    inner = search.train_objective(lambda c: build(c, shape, k), train_data, val_data, seed=seed,
+                                   device=device, **train_kw)
 
     def objective(config: dict, budget: int) -> dict:
         return {**inner(config, budget), **arch_cost(config, shape, k, latency=latency)}

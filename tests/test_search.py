@@ -364,3 +364,60 @@ def test_train_objective_on_tiny_data():
     r = S.random_search(obj, space, budget=1, n_trials=2, metric="val_acc")
     assert r.n_failed == 0 and 0 <= r.best_value <= 100
     assert {"val_acc", "val_loss", "params", "train_seconds"} <= set(r.best.metrics)
+
+
+def test_train_objective_moves_the_data_to_the_device_once(monkeypatch):
+    """Every trial trains on the tensors moved at construction: no host->device copy per trial."""
+    import torch
+
+    import mokit.train
+    from mokit.data import TensorData
+    from mokit.models import create_model
+
+    moves = []
+
+    class Counted(TensorData):
+        def to(self, device):                     # a stand-in for a host -> GPU copy
+            moves.append(torch.device(device))
+            return TensorData(self.x.clone(), self.y.clone(), self.name, self.split, self.classes, self.real)
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (120,), generator=g)
+    x = torch.randn(120, 1, 28, 28, generator=g)
+    train_data = Counted(x[:80], y[:80], "mnist", "train", tuple(map(str, range(10))), real=False)
+    val_data = Counted(x[80:], y[80:], "mnist", "train", tuple(map(str, range(10))), real=False)
+    seen, real_train = [], mokit.train.train
+
+    def spy(model, data, **kw):
+        seen.append((data.x, data.y, kw["device"]))
+        return real_train(model, data, **kw)
+
+    monkeypatch.setattr(mokit.train, "train", spy)
+    obj = S.train_objective(lambda c: create_model("mlp", hidden=(c["width"],)), train_data, val_data,
+                            device="cpu", batch_size=40)
+    assert moves == [torch.device("cpu")] * 2                      # train and validation, once each
+    for width in (8, 16, 8):
+        assert 0 <= obj({"width": width, "lr": 1e-2}, 1)["val_acc"] <= 100
+    assert len(moves) == 2, f"the data moved again during the trials: {moves}"
+    assert len(seen) == 3 and all(s[0] is seen[0][0] and s[1] is seen[0][1] for s in seen)
+    assert seen[0][0] is not train_data.x and all(s[2] == torch.device("cpu") for s in seen)
+
+
+def test_train_objective_keeps_data_already_on_the_device():
+    import torch
+
+    import mokit.train
+    from mokit.data import TensorData
+    from mokit.models import create_model
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorData(torch.randn(60, 1, 28, 28, generator=g), torch.randint(0, 10, (60,), generator=g),
+                      "mnist", "train", tuple(map(str, range(10))), real=False)
+    tr, val = data.split_off(20)
+    seen = []
+    with pytest.MonkeyPatch.context() as mp:
+        real_train = mokit.train.train
+        mp.setattr(mokit.train, "train", lambda model, d, **kw: (seen.append(d.x), real_train(model, d, **kw)))
+        obj = S.train_objective(lambda c: create_model("mlp", hidden=(8,)), tr, val, device="cpu")
+        obj({}, 1)
+    assert seen and seen[0] is tr.x                                  # the very tensor it was given
