@@ -205,51 +205,90 @@ class TensorData:
                 f"{self.num_classes} classes, {kind}, on {self.device})")
 
 
+AUGMENTS = ("none", "crop_flip", "flip_translate")
+
+
+def check_augment(augment) -> str:
+    """False/None -> 'none', True -> 'crop_flip' (the classic CIFAR pair), a name -> itself."""
+    name = "none" if augment is None or augment is False else "crop_flip" if augment is True else augment
+    if name not in AUGMENTS:
+        raise ValueError(f"unknown augment {augment!r}; valid: {', '.join(AUGMENTS)} (or True / False)")
+    return name
+
+
 class Batches:
     """Re-iterable mini-batches from a TensorData, all on its device.
 
-    Shuffling uses one seeded generator, so epoch k sees the same order on every run.
-    augment=True applies a random crop (padding 4) and horizontal flip on the device (CIFAR).
+    Shuffling uses one seeded generator, so epoch k sees the same order on every run. Augmentations
+    run on the device; their random offsets are drawn once per epoch (one host -> device copy per epoch):
+      "crop_flip"       random crop after zero-padding by 4, random horizontal flip (the classic pair)
+      "flip_translate"  translate by up to 2 pixels (reflect padding) and *alternating* flips: each image
+                        has a fixed random flip bit, inverted on odd epochs, so every image is seen both
+                        ways in any two epochs (airbench)
     """
 
     def __init__(self, data: TensorData, batch_size: int = 128, *, shuffle: bool = True,
-                 seed: int = 0, augment: bool = False, drop_last: bool = False):
-        if not isinstance(batch_size, int) or batch_size < 1:
+                 seed: int = 0, augment: bool | str = False, drop_last: bool = False):
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.data, self.batch_size, self.shuffle = data, min(batch_size, len(data)), shuffle
-        self.augment, self.drop_last = augment, drop_last
+        self.augment, self.drop_last = check_augment(augment), drop_last
         self.generator = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+        self._flip_bits = torch.rand(len(data), generator=self.generator) < 0.5
 
     def __len__(self) -> int:
         n, b = len(self.data), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
+    def _epoch_offsets(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, str] | None:
+        """(dy, dx, flip) for every example this epoch, on the data's device, + padding and its mode."""
+        n, g = len(self.data), self.generator
+        if self.augment == "none":
+            return None
+        pad, mode = (4, "constant") if self.augment == "crop_flip" else (2, "reflect")
+        off = torch.randint(0, 2 * pad + 1, (2, n), generator=g)
+        if self.augment == "crop_flip":
+            flip = torch.rand(n, generator=g) < 0.5
+        else:
+            flip = self._flip_bits ^ bool(self.epoch % 2)
+        dev = self.data.x.device
+        return off[0].to(dev), off[1].to(dev), flip.to(dev), pad, mode
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, x, y = len(self.data), self.data.x, self.data.y
-        if self.shuffle:
-            order = torch.randperm(n, generator=self.generator).to(x.device)
+        order = torch.randperm(n, generator=self.generator).to(x.device) if self.shuffle else None
+        aug = self._epoch_offsets()
+        self.epoch += 1
         for i in range(len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            if self.shuffle:
-                xb, yb = x[order[sl]], y[order[sl]]
-            else:
-                xb, yb = x[sl], y[sl]
-            if self.augment:
-                xb = random_crop_flip(xb, self.generator)
+            idx = order[sl] if order is not None else torch.arange(n, device=x.device)[sl]
+            xb, yb = x[idx], y[idx]
+            if aug is not None:
+                dy, dx, flip, pad, mode = aug
+                xb = translate(xb, dy[idx], dx[idx], pad, mode)
+                xb = torch.where(flip[idx][:, None, None, None], xb.flip(3), xb)
             yield xb, yb
+
+
+def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int, mode: str = "constant") -> torch.Tensor:
+    """Image i shifted so that its window starts at (dy[i], dx[i]) of the image padded by `pad`.
+
+    (B, C, H, W) -> (B, C, H, W); dy, dx in [0, 2*pad]; (pad, pad) is the identity. Two gathers (rows,
+    then columns) instead of one 4-D fancy index: about 1.6x faster on a CPU.
+    """
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode=mode)          # (B, C, H+2p, W+2p)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]   # (B, 1, H, 1)
+    out = padded.gather(2, rows.expand(b, c, h, w + 2 * pad))                   # (B, C, H, W+2p)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]   # (B, 1, 1, W)
+    return out.gather(3, cols.expand(b, c, h, w))
 
 
 def random_crop(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Each image cropped back to its size at a random offset after zero-padding by `pad`."""
-    b, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
-    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]   # (B, 1, H, 1)
-    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]   # (B, 1, 1, W)
-    bi = torch.arange(b, device=x.device)[:, None, None, None]
-    ci = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[bi, ci, rows, cols]
+    off = torch.randint(0, 2 * pad + 1, (2, len(x)), generator=generator).to(x.device)
+    return translate(x, off[0], off[1], pad)
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:

@@ -191,3 +191,82 @@ def cifar_resnet(blocks: Sequence[int] = (1, 1, 1), width: int = 16, in_shape=(3
     if not isinstance(width, int) or width < 1:
         raise ValueError(f"width must be a positive integer, got {width!r}")
     return ResNet(blocks=blocks, width=width, in_shape=in_shape, num_classes=num_classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast CIFAR-10 net (airbench-style: Keller Jordan's airbench / hlb-CIFAR10, shrunk for a CPU)
+# ---------------------------------------------------------------------------------------------
+
+class Scale(nn.Module):
+    """Multiply by a fixed constant: y = x * factor (tempers the logits, as airbench does with 1/9)."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = float(factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor:g}"
+
+
+
+
+def _fast_bn(c: int) -> nn.BatchNorm2d:
+    """BatchNorm with fast-moving statistics and a fixed scale of 1 (only the shift is trained, airbench).
+
+    A positive fixed scale also means max-pooling commutes with it, which keeps BN folding exact."""
+    bn = nn.BatchNorm2d(c, momentum=0.4)
+    bn.weight.requires_grad_(False)
+    return bn
+
+
+@register_model
+def cifar_net(widths: Sequence[int] = (32, 64, 128), in_shape=(3, 32, 32), num_classes: int = 10,
+              logit_scale: float = 1 / 9) -> nn.Sequential:
+    """The fast CIFAR net: a 2x2 whitening conv, then per width Conv3-BN-ReLU-MaxPool-Conv3-BN-ReLU, max-pool, fc.
+
+    Shapes on CIFAR-10 at widths (32, 64, 128): (B, 3, 32, 32) -> whiten (B, 24, 31, 31) -> (B, 32, 15, 15)
+    -> (B, 64, 7, 7) -> (B, 128, 3, 3) -> global max (B, 128) -> (B, 10). Plain modules only, so every
+    technique (pruning, BN folding, int8, export) sees ordinary Conv2d / BatchNorm2d / Linear layers.
+    The first conv's weight is frozen: `whiten_init(model, images)` sets it from the data (the recipe does).
+    """
+    widths = _positive_ints("widths", widths)
+    layers: list[nn.Module] = [nn.Conv2d(in_shape[0], 8 * in_shape[0], 2), nn.ReLU()]   # 2 x C*2*2 filters
+    c_in = layers[0].out_channels
+    for c in widths:
+        layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), _fast_bn(c), nn.ReLU(), nn.MaxPool2d(2),
+                   nn.Conv2d(c, c, 3, padding=1, bias=False), _fast_bn(c), nn.ReLU()]
+        c_in = c
+    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes, bias=False),
+               Scale(logit_scale)]
+    model = nn.Sequential(*layers)
+    model[0].weight.requires_grad_(False)         # the whitening filters are set from data, not trained
+    for m in model.modules():                     # identity-initialised convs train faster (airbench)
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
+            nn.init.dirac_(m.weight.data[:m.in_channels])
+    return model
+
+
+@torch.no_grad()
+def whiten_init(model: nn.Sequential, images: torch.Tensor, eps: float = 5e-4) -> nn.Sequential:
+    """Set the first conv (2x2) to whiten 2x2 patches of `images` (N, C, H, W), and freeze its weight.
+
+    With patch covariance  Σ = V diag(λ) Vᵀ,  the filters are  ±Vᵀ / sqrt(λ + eps):  every output channel
+    has unit variance and the channels are decorrelated, so the first trained layer starts from whitened input.
+    """
+    conv = model[0]
+    if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == (2, 2)):
+        raise ValueError(f"whiten_init needs a model whose first layer is a 2x2 Conv2d, got {conv}")
+    c = images.shape[1]
+    patches = images.float().unfold(2, 2, 1).unfold(3, 2, 1)            # (N, C, H-1, W-1, 2, 2)
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * 4)     # (N*(H-1)*(W-1), C*2*2)
+    patches = patches - patches.mean(0)
+    eigenvalues, vectors = torch.linalg.eigh(patches.T @ patches / len(patches))
+    filters = (vectors.T / torch.sqrt(eigenvalues + eps)[:, None]).view(c * 4, c, 2, 2)
+    if conv.out_channels != 2 * c * 4:
+        raise ValueError(f"the whitening conv needs {2 * c * 4} output channels, has {conv.out_channels}")
+    conv.weight.copy_(torch.cat([filters, -filters]).to(conv.weight))
+    conv.weight.requires_grad_(False)
+    return model

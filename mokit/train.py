@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Batches, TensorData, atomic_torch_save, checkpoint_path, safe_torch_load
-from .models import create_model
+from .data import Batches, TensorData, check_augment, atomic_torch_save, checkpoint_path, safe_torch_load
+from .models import create_model, whiten_init
 
 # ---------------------------------------------------------------------------------------------
 # Device and seeds
@@ -63,6 +63,26 @@ def _sgd(momentum: float = 0.0, nesterov: bool = False):
     return make
 
 
+def _split_sgd(momentum: float = 0.85, bias_scale: float = 64.0):
+    """Nesterov SGD where biases and BatchNorm shifts (1-D tensors) get `bias_scale` x the lr and
+    1/bias_scale x the weight decay, so their step lr * weight_decay is the same as the weights' (airbench)."""
+    def make(params, lr, weight_decay, **kw):
+        params = [p for p in params if p.requires_grad]
+        flat, rest = [p for p in params if p.ndim < 2], [p for p in params if p.ndim >= 2]
+        groups = [dict(params=rest, lr=lr, weight_decay=weight_decay),
+                  dict(params=flat, lr=lr * bias_scale, weight_decay=weight_decay / bias_scale)]
+        return torch.optim.SGD([g for g in groups if g["params"]], lr=lr,
+                               momentum=kw.get("momentum", momentum), nesterov=True)
+    return make
+
+
+def _adam(params, lr, weight_decay, **kw):
+    """Adam, fused into one kernel where the device supports it (CUDA)."""
+    params = list(params)
+    fused = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 # name -> (factory(params, lr, weight_decay, **kw), default learning rate)
 OPTIMIZERS: dict[str, tuple[Callable, float]] = {
     "gd": (_sgd(), 0.5),                       # full-batch gradient descent: one step per epoch
@@ -71,8 +91,9 @@ OPTIMIZERS: dict[str, tuple[Callable, float]] = {
     "nesterov": (_sgd(0.9, nesterov=True), 0.05),
     "adagrad": (lambda p, lr, weight_decay, **kw: torch.optim.Adagrad(p, lr=lr, weight_decay=weight_decay), 0.05),
     "rmsprop": (lambda p, lr, weight_decay, **kw: torch.optim.RMSprop(p, lr=lr, weight_decay=weight_decay), 1e-3),
-    "adam": (lambda p, lr, weight_decay, **kw: torch.optim.Adam(p, lr=lr, weight_decay=weight_decay), 1e-3),
+    "adam": (_adam, 1e-3),
     "adamw": (lambda p, lr, weight_decay, **kw: torch.optim.AdamW(p, lr=lr, weight_decay=weight_decay or 0.01), 1e-3),
+    "nesterov_split": (_split_sgd(), 0.75),   # biases / BN shifts at 64x the lr (the fast CIFAR recipe)
 }
 
 
@@ -89,6 +110,8 @@ SCHEDULES: dict[str, Callable[[float], float]] = {
     "warmup_cosine": _warmup_cosine,                           # linear warm-up for 10%, then cosine
     "onecycle": lambda t: (0.04 + 0.96 * t / 0.3) if t < 0.3   # up to the peak, then cosine down
     else 0.5 * (1 + math.cos(math.pi * (t - 0.3) / 0.7)),
+    "triangle": lambda t: (0.2 + 0.8 * t / 0.23) if t < 0.23   # 0.2 -> 1 by 23%, then linearly to 0.07
+    else 1 - 0.93 * (t - 0.23) / 0.77,
 }
 
 
@@ -137,20 +160,112 @@ def cross_entropy(output: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None 
 
 
 def _check_positive(name: str, value, kind=int) -> None:
-    if not isinstance(value, (int, float) if kind is float else int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be {'a number > 0' if kind is float else 'an integer >= 1'}, got {value!r}")
+    ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be {'a finite number > 0' if kind is float else 'an integer >= 1'}, got {value!r}")
+
+
+def _check_fraction(name: str, value) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (0 <= value < 1):
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision and memory layout: what the hardware runs fastest
+# ---------------------------------------------------------------------------------------------
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 in hardware (x86 AVX512-BF16 or AMX): autocast then pays off."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:                                            # macOS, Windows: stay with fp32
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: str | torch.device | None = None) -> str:
+    """The concrete precision ('fp32', 'bf16', 'fp16') to train in on `device`.
+
+    'auto': bf16 on a GPU that has it (else fp16), bf16 on a CPU with native bf16, else fp32.
+    fp16 needs a GPU: on a CPU it is refused (slow emulation, and no loss scaling there).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    device = pick_device(device)
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision 'fp16' needs a CUDA GPU, but the device is {device.type!r}; "
+                         f"use 'bf16' or 'fp32' there")
+    if precision == "bf16" and device.type == "mps":
+        raise ValueError("precision 'bf16' is not supported on Apple MPS; use 'fp32'")
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    """A torch.autocast context for a resolved precision ('fp32' = no autocast)."""
+    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES.get(precision, torch.float32),
+                          enabled=precision in _AUTOCAST_DTYPES)
+
+
+def is_conv_net(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def use_channels_last(model: nn.Module, device: torch.device) -> bool:
+    """Conv nets run channels_last (NHWC) on CPU and CUDA: oneDNN and cuDNN's fastest layout."""
+    return device.type in ("cpu", "cuda") and is_conv_net(model)
+
+
+def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+class Lookahead:
+    """Lookahead / EMA of the weights (airbench): every `every` steps, ema <- lerp(ema, w, 1 - d) and w <- ema.
+
+    The decay d = decay**every * t**3 grows with progress t, so early training is free and late
+    training is averaged; at the last step the model takes the averaged weights.
+    """
+
+    def __init__(self, model: nn.Module, every: int = 5, decay: float = 0.95):
+        self.every, self.decay = every, decay
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, info: StepInfo) -> None:
+        last = info.step == info.total_steps
+        if info.step % self.every and not last:
+            return
+        d = 1.0 if last else self.decay ** self.every * (info.step / info.total_steps) ** 3
+        current = model.state_dict()
+        for k, ema in self.state.items():
+            ema.lerp_(current[k], 1 - d)
+            current[k].copy_(ema)
 
 
 def train(model: nn.Module, data: TensorData | Iterable, *, epochs: int = 5, optimizer: str = "adam",
           lr: float | None = None, schedule: str | Callable[[float], float] = "cosine",
           batch_size: int = 128, weight_decay: float = 0.0, momentum: float | None = None,
-          loss_fn: Callable = cross_entropy, on_step: Callable | None = None,
-          val_data: TensorData | None = None, augment: bool = False, seed: int = 0,
+          loss_fn: Callable = cross_entropy, label_smoothing: float = 0.0, on_step: Callable | None = None,
+          val_data: TensorData | None = None, augment: bool | str = False, lookahead: bool = False,
+          precision: str = "fp32", channels_last: bool | None = None, seed: int = 0,
           device: str | torch.device | None = None, progress: bool = True) -> History:
     """Train `model` in place on `data` and return its History.
 
     data: a TensorData (batched here with `batch_size`, shuffled with `seed`) or any iterable of
     (x, y) batches. The lr at progress t is lr * schedule(t); "gd" uses the whole set as one batch.
+    precision: 'fp32' | 'bf16' | 'fp16' | 'auto' (autocast; fp16 with a GradScaler, GPU only).
+    channels_last: None = NHWC for conv nets on CPU / CUDA (measured faster), True / False to force.
+    label_smoothing: the default loss's target smoothing ε (targets (1-ε)·onehot + ε/K).
+    lookahead: average the weights as training goes (Lookahead above).
     """
     # 1. validate everything before any work
     _check_positive("epochs", epochs)
@@ -159,14 +274,22 @@ def train(model: nn.Module, data: TensorData | Iterable, *, epochs: int = 5, opt
     sched = _lookup(SCHEDULES, schedule, "schedule")
     lr = default_lr if lr is None else lr
     _check_positive("lr", lr, float)
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-    if isinstance(data, TensorData) and len(data) == 0:
-        raise ValueError("data is empty")
+    if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) or weight_decay < 0:
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    _check_fraction("label_smoothing", label_smoothing)
+    if label_smoothing and loss_fn is not cross_entropy:
+        raise ValueError("label_smoothing applies to the default loss; put it inside your loss_fn instead")
+    check_augment(augment)
+    precision = resolve_precision(precision, device)
+    if isinstance(data, TensorData):
+        if len(data) == 0:
+            raise ValueError("data is empty")
+        check_input_shape(model, data)
 
-    # 2. device, batches, optimizer, per-step lr schedule
+    # 2. device, layout, batches, optimizer, per-step lr schedule
     device = pick_device(device)
-    model.to(device)
+    channels_last = use_channels_last(model, device) if channels_last is None else channels_last
+    model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     torch.manual_seed(seed)                                  # dropout and other randomness
     if isinstance(data, TensorData):
         if optimizer == "gd":
@@ -174,11 +297,16 @@ def train(model: nn.Module, data: TensorData | Iterable, *, epochs: int = 5, opt
         batches = Batches(data.to(device), batch_size, seed=seed, augment=augment)
     else:
         batches = data
+    if label_smoothing:
+        def loss_fn(out, y, x=None):                         # noqa: F811 - the smoothed default
+            return F.cross_entropy(out, y, label_smoothing=label_smoothing)
     kw = {} if momentum is None else {"momentum": momentum}
     opt = make_opt(model.parameters(), lr=lr, weight_decay=weight_decay, **kw)
     steps_per_epoch = len(batches)
     total = epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: sched(min(s / total, 1.0)))
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    hooks = [h for h in (Lookahead(model) if lookahead else None, on_step) if h is not None]
 
     # 3. the loop
     history, step = History(), 0
@@ -191,12 +319,18 @@ def train(model: nn.Module, data: TensorData | Iterable, *, epochs: int = 5, opt
         seen, lr_now = 0, opt.param_groups[0]["lr"]
         step_losses = []
         for xb, yb in batches:
-            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            out = model(xb)
-            loss = loss_fn(out, yb, xb)
+            xb, yb = _layout(xb.to(device, non_blocking=True), channels_last), yb.to(device, non_blocking=True)
+            with autocast(precision, device):
+                out = model(xb)
+            loss = loss_fn(out.float(), yb, xb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             scheduler.step()
             step += 1
             loss = loss.detach()
@@ -205,8 +339,8 @@ def train(model: nn.Module, data: TensorData | Iterable, *, epochs: int = 5, opt
             if yb.dtype == torch.long and yb.dim() == 1:
                 correct += (out.argmax(1) == yb).sum()
             seen += len(yb)
-            if on_step is not None:
-                on_step(model, StepInfo(step, total, epoch, loss, opt))
+            for hook in hooks:
+                hook(model, StepInfo(step, total, epoch, loss, opt))
             if bar is not None:
                 bar.update(1)
         record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(seen, 1),
@@ -228,6 +362,24 @@ def train(model: nn.Module, data: TensorData | Iterable, *, epochs: int = 5, opt
     return history
 
 
+def check_input_shape(model: nn.Module, data: TensorData) -> None:
+    """Refuse, before any work, a model that cannot take `data`'s examples or gives the wrong class count."""
+    p = next(iter(model.parameters()), None)
+    probe = data.x[:2].to(p.device if p is not None else data.x.device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(probe)
+    except RuntimeError as e:
+        raise ValueError(f"the model cannot take {data.name} examples of shape {data.shape}: {e}") from e
+    finally:
+        model.train(was_training)
+    if isinstance(out, torch.Tensor) and (out.dim() != 2 or out.shape[1] != data.num_classes):
+        raise ValueError(f"the model gives outputs of shape {tuple(out.shape[1:])} per example, but "
+                         f"{data.name} has {data.num_classes} classes")
+
+
 def _progress_bar(total: int, enabled: bool):
     if not enabled or os.environ.get("MOKIT_PROGRESS") == "0":
         return None
@@ -235,23 +387,49 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, desc="train", unit="step", mininterval=0.5, leave=False)
 
 
+def _flip_views(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (model(x) + model(x.flip(3)))
+
+
+def _flip_translate_views(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Half the weight on the image and its mirror, half on both mirrored, shifted by one pixel each way."""
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    h, w = x.shape[2:]
+    shifted = (padded[:, :, :h, :w], padded[:, :, 2:, 2:])
+    return 0.5 * _flip_views(model, x) + 0.25 * sum(_flip_views(model, v) for v in shifted)
+
+
+# test-time augmentation: name -> f(model, x) = the averaged logits over the views
+TTA: dict[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
+    "none": lambda model, x: model(x),
+    "flip": _flip_views,                        # 2 views
+    "flip_translate": _flip_translate_views,    # 6 views
+}
+
+
 @torch.no_grad()
-def predict(model: nn.Module, data: TensorData, *, batch_size: int = 1024,
+def predict(model: nn.Module, data: TensorData, *, batch_size: int = 1024, tta: str = "none",
             device: str | torch.device | None = None) -> torch.Tensor:
-    """Model outputs (N, num_classes) for every example of `data`, in order, on the CPU."""
+    """Model outputs (N, num_classes) for every example of `data`, in order, on the CPU.
+
+    tta: test-time augmentation (TTA): logits averaged over flipped / shifted views of each image.
+    """
+    views = _lookup(TTA, tta, "tta")
     device = pick_device(device) if device is not None else _model_device(model)
+    channels_last = use_channels_last(model, device)
     model.eval()
     x = data.x
-    outs = [model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    outs = [views(model, _layout(x[i:i + batch_size].to(device), channels_last)).float().cpu()
+            for i in range(0, len(x), batch_size)]
     return torch.cat(outs)
 
 
-def evaluate(model: nn.Module, data: TensorData, *, batch_size: int = 1024,
+def evaluate(model: nn.Module, data: TensorData, *, batch_size: int = 1024, tta: str = "none",
              device: str | torch.device | None = None) -> dict:
     """{"accuracy": % correct, "loss": mean cross-entropy, "errors": count wrong, "n": examples}."""
     if len(data) == 0:
         raise ValueError("cannot evaluate on an empty dataset")
-    logits = predict(model, data, batch_size=batch_size, device=device)
+    logits = predict(model, data, batch_size=batch_size, tta=tta, device=device)
     y = data.y.cpu()
     wrong = int((logits.argmax(1) != y).sum())
     return {"accuracy": 100.0 * (1 - wrong / len(y)), "loss": float(F.cross_entropy(logits, y)),
@@ -280,17 +458,28 @@ def load_state(path) -> tuple[dict, dict]:
     return blob["state_dict"], json.loads(blob.get("meta", "{}"))
 
 
-def load_or_train(model_name: str, data: TensorData, *, model_kw: dict | None = None,
+# name -> init(model, train_data) run on a fresh model before training (data-dependent initialisation)
+INITS: dict[str, Callable[[nn.Module, TensorData], object]] = {
+    "none": lambda model, data: None,
+    "whiten": lambda model, data: whiten_init(model, data.x[:5000]),   # patch whitening of the first conv
+}
+
+
+def load_or_train(model_name: str, data: TensorData, *, model_kw: dict | None = None, init: str = "none",
                   seed: int = 0, device=None, progress: bool = True, **train_kw) -> tuple[nn.Module, dict]:
     """The model `model_name` trained on `data` with `train_kw`, from its checkpoint when one exists.
 
-    The checkpoint's name hashes everything that shapes the result (model, knobs, data, seed,
-    training settings), so SMOKE runs and full runs never share a file.
+    The checkpoint's name hashes everything that shapes the result (model, knobs, init, data, seed,
+    training settings with the precision resolved for this device), so SMOKE runs and full runs,
+    or fp32 and bf16 runs, never share a file.
     """
+    make_init = _lookup(INITS, init, "init")
+    train_kw["precision"] = resolve_precision(train_kw.get("precision", "fp32"), device)
     model_kw = dict(model_kw or {})
     model_kw.setdefault("in_shape", data.shape)
     model_kw.setdefault("num_classes", data.num_classes)
-    key = {"model": model_name, "model_kw": model_kw, "data": [data.name, data.split, len(data), data.real],
+    key = {"model": model_name, "model_kw": model_kw, "init": init,
+           "data": [data.name, data.split, len(data), data.real],
            "seed": seed, "train": {k: v for k, v in train_kw.items() if k not in ("val_data",)}}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     path = checkpoint_path(f"{model_name}-{data.name}-{digest}")
@@ -303,6 +492,7 @@ def load_or_train(model_name: str, data: TensorData, *, model_kw: dict | None = 
             return model.to(pick_device(device)), {**meta, "loaded": True, "path": str(path)}
         except (ValueError, RuntimeError) as e:
             print(f"checkpoint {path} unusable ({e}); training again")
+    make_init(model, data)
     history = train(model, data, seed=seed, device=device, progress=progress, **train_kw)
     meta = {"key": json.loads(json.dumps(key, default=str)), "history": history.to_dict(),
             "train_seconds": sum(history.column("seconds"))}
@@ -318,6 +508,11 @@ RECIPES: dict[str, dict] = {
                "batch_size": 128},
     "cifar_cnn": {"dataset": "cifar10", "epochs": 2, "optimizer": "adam", "lr": 3e-3, "schedule": "onecycle",
                   "batch_size": 256},
+    # the fast CIFAR-10 recipe (airbench-style, sized for a 2-core CPU; benchmarks/cifar_speed.py measures it)
+    "cifar_net": {"dataset": "cifar10", "init": "whiten", "epochs": 10, "optimizer": "nesterov_split",
+                  "lr": 0.75, "weight_decay": 0.00204, "schedule": "triangle", "batch_size": 512,
+                  "label_smoothing": 0.2, "augment": "flip_translate", "lookahead": True,
+                  "precision": "auto", "tta": "flip_translate"},
 }
 SMOKE_TRAIN = 2000     # training examples used by smoke runs (SMOKE=True in the notebooks)
 
@@ -337,6 +532,7 @@ def baseline(model_name: str, *, smoke: bool = False, dataset: str | None = None
     recipe = dict(RECIPES[model_name])
     dataset = dataset or recipe.pop("dataset")
     recipe.pop("dataset", None)
+    tta = recipe.pop("tta", "none")
     device = pick_device(device)
     train_data = load_dataset(dataset, "train", subset=SMOKE_TRAIN if smoke else None, device=device)
     test_data = load_dataset(dataset, "test", subset=1000 if smoke else None, device=device)
@@ -344,5 +540,5 @@ def baseline(model_name: str, *, smoke: bool = False, dataset: str | None = None
         recipe["epochs"] = 1
     model, meta = load_or_train(model_name, train_data, seed=seed, device=device, progress=progress, **recipe)
     return model, {**meta, "train": train_data, "test": test_data,
-                   "test_acc": evaluate(model, test_data)["accuracy"],
+                   "test_acc": evaluate(model, test_data, tta=tta)["accuracy"], "tta": tta,
                    "seconds": 0.0 if meta["loaded"] else meta["train_seconds"]}
