@@ -24,7 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Batches, TensorData, check_augment, atomic_torch_save, checkpoint_path, safe_torch_load
+from .data import (
+    Batches,
+    TensorData,
+    atomic_torch_save,
+    check_augment,
+    checkpoint_path,
+    safe_torch_load,
+)
 from .models import create_model, whiten_init
 
 # ---------------------------------------------------------------------------------------------
