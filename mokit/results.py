@@ -95,7 +95,8 @@ BANDS_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "bands"
 
 
 def load_bands(notebook: str, kind: str, folder: str | Path | None = None) -> dict:
-    """Section `kind` ('smoke', 'smoke_real', 'full' or 'references') of <folder>/<notebook>.json
+    """Section `kind` ('smoke', 'smoke_real', 'smoke_<dataset>', 'smoke_real_<dataset>', 'full' or
+    'references') of <folder>/<notebook>.json
     (folder: notebooks/bands/)."""
     path = Path(folder or BANDS_DIR) / f"{notebook}.json"
     if not path.exists():
@@ -104,11 +105,21 @@ def load_bands(notebook: str, kind: str, folder: str | Path | None = None) -> di
 
 
 def bands_for(notebook: str, results: dict, *, smoke: bool, folder: str | Path | None = None) -> dict:
-    """The bands a run is held to: "full"; or "smoke", plus "smoke_real" when it recorded real_data=True."""
+    """The bands a run is held to: "full"; or "smoke", plus "smoke_real" when it recorded real_data=True.
+
+    A run that recorded dataset="cifar10" (say) is also held to "smoke_cifar10" and, on real data,
+    "smoke_real_cifar10": bands (or parts) that hold for one dataset only. Later sections win.
+    """
     if not smoke:
         return load_bands(notebook, "full", folder)
-    real = load_bands(notebook, "smoke_real", folder) if results.get("real_data") else {}
-    return load_bands(notebook, "smoke", folder) | real
+    kinds = ["smoke", "smoke_real"] if results.get("real_data") else ["smoke"]
+    dataset = results.get("dataset")
+    out: dict = {}
+    for kind in kinds:
+        out |= load_bands(notebook, kind, folder)
+        if isinstance(dataset, str) and dataset:
+            out |= load_bands(notebook, f"{kind}_{dataset}", folder)
+    return out
 
 
 def flatten(values: dict, prefix: str = "") -> dict:

@@ -50,3 +50,18 @@ def test_bands_for_picks_the_sections_and_flatten_names_them(tmp_path):
     assert results.load_bands("99_demo", "references", tmp_path) == {"acc": "a paper"}
     assert results.bands_for("00_missing", {}, smoke=True, folder=tmp_path) == {}
     assert results.flatten({"a": {"b": 1, "c": {}}, "d": [1]}) == {"a.b": 1, "a.c": {}, "d": [1]}
+
+
+def test_bands_for_adds_the_recorded_datasets_sections(tmp_path):
+    (tmp_path / "99_demo.json").write_text(json.dumps(
+        {"smoke": {"acc": [10, 100], "n": 3}, "smoke_mnist": {"acc": [50, 100], "t": [1, 2]},
+         "smoke_real": {"acc": [20, 100]}, "smoke_real_mnist": {"acc": [90, 100]}, "full": {"acc": [98, 100]}}))
+    pick = lambda **r: results.bands_for("99_demo", r, smoke=True, folder=tmp_path)  # noqa: E731
+    assert pick(real_data=False) == {"acc": [10, 100], "n": 3}
+    assert pick(real_data=False, dataset="cifar10") == {"acc": [10, 100], "n": 3}       # no cifar10 section
+    assert pick(real_data=False, dataset="mnist") == {"acc": [50, 100], "n": 3, "t": [1, 2]}
+    assert pick(real_data=True, dataset="cifar10") == {"acc": [20, 100], "n": 3}
+    assert pick(real_data=True, dataset="mnist") == {"acc": [90, 100], "n": 3, "t": [1, 2]}
+    assert results.bands_for("99_demo", {"dataset": "mnist"}, smoke=False, folder=tmp_path) == {"acc": [98, 100]}
+    problems = results.check_bands({"acc": 60, "n": 3}, pick(real_data=False, dataset="mnist"))
+    assert problems == ["t: not recorded"]
