@@ -7,6 +7,10 @@
 
 Because OnnxModel is an nn.Module, mokit's `evaluate`, `predict` and `metrics.measure_latency`
 work on an exported file exactly as on the PyTorch model (no second timer, no second eval loop).
+
+ONNX Runtime runs here on the CPU, so every comparison with it (outputs, latency) runs the PyTorch
+side on the CPU too, on a copy: a model trained on a GPU is never moved, and its output is never
+compared across devices (CUDA's TF32 matmuls differ from the CPU's fp32 by far more than 1e-4).
 """
 
 from __future__ import annotations
@@ -39,6 +43,12 @@ def _plain_cpu_copy(model: nn.Module) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     return copy.deepcopy(model).cpu().eval()
+
+
+def on_cpu(model: nn.Module) -> nn.Module:
+    """The model as the CPU comparisons run it: an OnnxModel as it is (ONNX Runtime is on the CPU
+    already; its session cannot be copied), any other module as an eval-mode CPU copy."""
+    return model if isinstance(model, OnnxModel) else _plain_cpu_copy(model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +101,8 @@ class OnnxModel(nn.Module):
         return self.runtime.run(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.run(x.detach().cpu().numpy()))
+        """Runs on the CPU; the logits come back on x's device (so evaluate() works on any device)."""
+        return torch.from_numpy(self.run(x.detach().cpu().numpy())).to(x.device)
 
     def extra_repr(self) -> str:
         return f"path={self.path.name}, in_shape={self.in_shape}, bytes={self.file_bytes:,}"
@@ -99,9 +110,10 @@ class OnnxModel(nn.Module):
 
 @torch.no_grad()
 def max_abs_diff(model: nn.Module, other: nn.Module, x: torch.Tensor) -> float:
-    """max |model(x) - other(x)| over all outputs (both run in eval mode on the CPU)."""
-    a = _plain_cpu_copy(model)(x.cpu()) if not isinstance(model, OnnxModel) else model(x)
-    b = other.eval()(x.cpu())
+    """max |model(x) - other(x)| over all outputs (both run in eval mode on the CPU, on copies:
+    neither caller's model is moved or switched to eval)."""
+    x = x.detach().cpu()
+    a, b = on_cpu(model)(x), on_cpu(other)(x)
     if a.shape != b.shape:
         raise ValueError(f"outputs differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
     return float((a.float() - b.float()).abs().max())
@@ -216,8 +228,10 @@ def load_program(path: str | os.PathLike) -> nn.Module:
 
 def compare_latency(models: dict[str, nn.Module], in_shape: Sequence[int], *, batch_sizes=(1, 64),
                     repeats: int = 100, threads: int = 1, rounds: int = 3):
-    """A Table: p50/p99 ms per batch and examples/s for each model at each batch size.
+    """A Table: p50/p99 ms per batch and examples/s for each model at each batch size, and the device.
 
+    Every model runs on the CPU, where ONNX Runtime runs: PyTorch models as eval-mode CPU copies
+    (a GPU-trained model is neither moved nor timed on the GPU against a 1-thread CPU runtime).
     Each (model, batch) is timed by metrics.measure_latency in `rounds` interleaved rounds (so a
     busy CPU hurts every model alike); p50 is the median over rounds of each round's median, p99
     the worst round's p99. ORT sessions use the thread count they were created with (mokit: 1).
@@ -225,6 +239,7 @@ def compare_latency(models: dict[str, nn.Module], in_shape: Sequence[int], *, ba
     from .metrics import Table, measure_latency
 
     shape = _check_in_shape(in_shape)
+    models = {name: on_cpu(model) for name, model in models.items()}
     runs: dict[tuple[str, int], list[dict]] = {}
     for _ in range(rounds):
         for b in batch_sizes:
@@ -235,7 +250,7 @@ def compare_latency(models: dict[str, nn.Module], in_shape: Sequence[int], *, ba
     for (name, b), r in runs.items():
         p50 = float(np.median([m["ms"] for m in r]))
         rows.append({"model": name, "batch": b, "p50 ms": p50, "p99 ms": max(m["p99_ms"] for m in r),
-                     "examples/s": b / (p50 / 1e3)})
+                     "examples/s": b / (p50 / 1e3), "device": r[0]["device"]})
     return rows
 
 

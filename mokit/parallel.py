@@ -19,7 +19,9 @@ busy M t, so the idle share (the bubble) is (S - 1) / (M + S - 1).
 
 Workers are module-level functions (spawn pickles them by name); each sets torch threads to
 `threads` (default 1), and every process group is destroyed and every process joined or
-terminated in `finally` blocks.
+terminated in `finally` blocks. Every helper sends workers a CPU copy of the caller's model: the
+caller's model is never moved or switched to eval mode. Where CUDA is available workers are
+spawned, never forked (a forked child cannot use CUDA once the parent has touched the driver).
 """
 
 from __future__ import annotations
@@ -77,13 +79,33 @@ def _entry(rank: int, worker: Callable, world_size: int, backend: str | None, in
 
 
 def pick_start_method(threads: int = 1) -> str:
-    """'fork' where the OS has it, CUDA is not started and workers use 1 thread (a fork starts in a
+    """'fork' where the OS has it, there is no CUDA and workers use 1 thread (a fork starts in a
     fraction of a second), else 'spawn' (a fresh interpreter per worker: seconds, it imports torch
-    again). A forked worker with several threads can hang in the OpenMP pool inherited from its parent."""
-    if ("fork" in torch.multiprocessing.get_all_start_methods() and not torch.cuda.is_initialized()
-            and threads == 1):
+    again). A forked worker with several threads can hang in the OpenMP pool inherited from its parent.
+
+    Wherever CUDA is available it is 'spawn', not only once CUDA is initialised: asking whether CUDA
+    is there (pick_backend, pick_device) already starts the driver in this process, and a forked
+    child that then touches CUDA fails ("Cannot re-initialize CUDA in forked subprocess")."""
+    if torch.cuda.is_available() or torch.cuda.is_initialized():
+        return "spawn"
+    if "fork" in torch.multiprocessing.get_all_start_methods() and threads == 1:
         return "fork"
     return "spawn"
+
+
+def device_clock(device: torch.device) -> float:
+    """time.perf_counter() once `device` has finished its queued work: CUDA kernels run
+    asynchronously, so without the synchronise a clock read measures only the launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    """A CPU copy of `model` for the workers; the caller's model stays where and as it is."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    return copy.deepcopy(model).cpu()
 
 
 def launch(worker: Callable, world_size: int, args: tuple = (), *, backend: str | None = "auto",
@@ -166,8 +188,7 @@ def _ddp_worker(rank: int, world_size: int, backend: str, model: nn.Module, x: t
     losses, t0 = [], 0.0
     for step, idx in enumerate(global_batches(len(y), batch_size, steps, seed)):
         if step == 1:                                  # step 0 is the warm-up: time the rest
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            device_clock(device)                       # finish step 0's kernels first
             dist.barrier()
             t0 = time.perf_counter()
         mine = idx[rank * per:(rank + 1) * per].to(device)   # this rank's slice of the global batch
@@ -176,12 +197,11 @@ def _ddp_worker(rank: int, world_size: int, backend: str, model: nn.Module, x: t
         loss.backward()                                # DDP all-reduces (averages) gradients here
         opt.step()
         losses.append(loss.detach())
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    device_clock(device)
     dist.barrier()
     seconds = time.perf_counter() - t0
     out = {"seconds": seconds, "examples_per_s": (steps - 1) * batch_size / seconds,
-           "losses": torch.stack(losses).cpu()}
+           "losses": torch.stack(losses).cpu(), "device": str(device)}
     if rank == 0:
         out["state"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return out
@@ -193,15 +213,21 @@ def ddp_train(model: nn.Module, data, *, world_size: int, steps: int = 20, batch
     """Train a copy of `model` with DDP in `world_size` processes, batch_size / world_size each.
 
     data: a TensorData (or an (x, y) pair). Returns rank 0's final `state`, `seconds` of steps 2..k,
-    `examples_per_s` = (steps - 1) * batch_size / seconds, and every rank's `losses`.
+    `examples_per_s` = (steps - 1) * batch_size / seconds, every rank's `losses`, and the `backend`
+    and rank 0's `device` it ran with (compare runs of different sizes only with the same ones:
+    pass one backend to all of them, e.g. backend=pick_backend(largest world_size)).
     """
     x, y = (data.x, data.y) if hasattr(data, "x") else data
     _check_ddp(world_size, len(y), steps, batch_size)
-    outs = launch(_ddp_worker, world_size, (model.cpu(), x.cpu(), y.cpu(), steps, batch_size, lr, momentum, seed),
-                  backend=backend, threads=threads, start_method=start_method)
+    if backend == "auto":
+        backend = pick_backend(world_size)
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"backend must be 'auto', 'gloo' or 'nccl' for DDP, got {backend!r}")
+    outs = launch(_ddp_worker, world_size, (_cpu_copy(model), x.cpu(), y.cpu(), steps, batch_size, lr, momentum,
+                                            seed), backend=backend, threads=threads, start_method=start_method)
     return {"state": outs[0]["state"], "seconds": outs[0]["seconds"],
             "examples_per_s": outs[0]["examples_per_s"], "losses": [o["losses"] for o in outs],
-            "world_size": world_size, "threads": threads}
+            "world_size": world_size, "threads": threads, "backend": backend, "device": outs[0]["device"]}
 
 
 def max_param_diff(a: dict, b: dict) -> float:
@@ -249,9 +275,9 @@ def _pipeline_worker(rank: int, world_size: int, backend: str, stages: list, chu
                 else:
                     inp = torch.empty(shape, device=device)
                     dist.recv(inp, src=rank - 1)       # waits for stage rank-1 to finish m
-                start = time.perf_counter()
+                start = device_clock(device)           # CUDA: wait for the input to be there
                 out = stage(inp).contiguous()
-                end = time.perf_counter()
+                end = device_clock(device)             # CUDA: wait for the stage to finish it
                 timeline.append({"stage": rank, "micro": m, "start": start, "end": end})
                 if last:
                     outputs.append(out.cpu())
@@ -269,15 +295,16 @@ def pipeline_run(model: nn.Module, x: torch.Tensor, *, split: int | Sequence[int
     Returns the last stage's `output` (equal to model(x)), and the `timeline` of the last round:
     per stage and micro-batch its start and end (seconds from the first start).
     """
-    stages = split_sequential(model, split)
+    split_sequential(model, split)                     # validates the model and the split points
     if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or not 1 <= micro_batches <= len(x):
         raise ValueError(f"micro_batches must be an integer in 1..{len(x)} (the batch size), got {micro_batches!r}")
+    stages = split_sequential(_cpu_copy(model).eval(), split)   # the caller's model is not moved nor set to eval
     chunks = list(x.cpu().chunk(micro_batches))
     shapes, probe = [], x[:1].cpu()                    # input shape of every stage and micro-batch
     with torch.no_grad():
         for stage in stages:
             shapes.append([(len(c), *probe.shape[1:]) for c in chunks])
-            probe = stage.eval()(probe)
+            probe = stage(probe)
     outs = launch(_pipeline_worker, len(stages), (stages, chunks, shapes, rounds), backend=backend)
     timeline = sorted((t for o in outs for t in o["timeline"]), key=lambda t: (t["start"], t["stage"]))
     t0 = min(t["start"] for t in timeline)
@@ -309,7 +336,8 @@ def pipelining_run(model: nn.Module, x: torch.Tensor, *, split: int | Sequence[i
             or len(x) % micro_batches:
         raise ValueError(f"micro_batches must be a positive integer dividing the batch size {len(x)}, "
                          f"got {micro_batches!r}")
-    outs = launch(_pipelining_worker, len(stages), (model.cpu(), x.cpu(), points, micro_batches), backend=backend)
+    outs = launch(_pipelining_worker, len(stages), (_cpu_copy(model), x.cpu(), points, micro_batches),
+                  backend=backend)
     return outs[-1]["output"]
 
 
@@ -353,20 +381,29 @@ def plot_timeline(timeline: Sequence[dict], *, title: str = "pipeline timeline")
 
 def _search_worker(rank: int, world_size: int, backend, storage: str, study_name: str, n_trials: int,
                    dataset: str, n_train: int, n_val: int, seed: int, space_kw: dict) -> dict:
-    """One search worker: its own data copy and objective; trials go to the shared study."""
+    """One search worker: its own data copy and objective; trials go to the shared study.
+
+    The search records a trial whose objective raised as "failed" and goes on; the worker keeps each
+    such error's text so that distributed_search can raise it in the caller."""
     from . import nas, search
     from .data import load_dataset
 
     train_data, val_data = load_dataset(dataset, "train", subset=n_train + n_val, seed=seed).split_off(n_val, seed)
     objective = nas.arch_objective(train_data, val_data, seed=seed)
+    errors: list[str] = []
 
     def tagged(config: dict, budget: int) -> dict:
-        return {**objective(config, budget), "worker": rank, "pid": os.getpid()}
+        try:
+            metrics = objective(config, budget)
+        except Exception as e:
+            errors.append(f"worker {rank} (pid {os.getpid()}), config {config}: {type(e).__name__}: {e}")
+            raise
+        return {**metrics, "worker": rank, "pid": os.getpid()}
 
     result = search.optuna_search(tagged, nas.mlp_space(**space_kw), budget=1, n_trials=n_trials,
                                   sampler="tpe", seed=seed + rank, metric="val_acc",
                                   storage=storage, study_name=study_name)
-    return {"worker": rank, "trials_seen": len(result.trials), "real": bool(train_data.real)}
+    return {"worker": rank, "trials_seen": len(result.trials), "real": bool(train_data.real), "errors": errors}
 
 
 def distributed_search(storage: str | os.PathLike, *, workers: int = 2, n_trials: int = 6,
@@ -376,6 +413,9 @@ def distributed_search(storage: str | os.PathLike, *, workers: int = 2, n_trials
 
     Together they finish n_trials trials (each trial claimed by exactly one worker); returns the
     study's SearchResult (every trial's metrics name its `worker`) and whether the data was real.
+    A failed trial is an error here, not a logged line: RuntimeError with the workers' messages
+    (in a worker process a failure is usually the setup, e.g. CUDA in a forked child, and hits
+    every trial alike).
     """
     from . import search
 
@@ -387,4 +427,11 @@ def distributed_search(storage: str | os.PathLike, *, workers: int = 2, n_trials
                                             dict(space_kw or {})), backend=None)
     import optuna
     study = optuna.load_study(study_name=study_name, storage=search.open_storage(str(storage)))
-    return search.study_result(study, "optuna_tpe", "val_acc", True), all(o["real"] for o in outs)
+    result = search.study_result(study, "optuna_tpe", "val_acc", True)
+    failed = [t for t in result.trials if t.status == "failed"]
+    errors = [e for o in outs for e in o["errors"]]
+    if failed or errors:
+        shown = "\n  ".join(errors[:3]) or "(the objective returned no finite val_acc)"
+        raise RuntimeError(f"distributed search: {len(failed)} of {len(result.trials)} trials failed in "
+                           f"{storage}; first errors:\n  {shown}")
+    return result, all(o["real"] for o in outs)

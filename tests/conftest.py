@@ -4,6 +4,13 @@ import pytest
 
 from mokit import data
 
+# The test session runs on the CPU: fixture data is built on the CPU, and a model that pick_device()
+# would put on a GPU would meet it there. A user who sets MOKIT_DEVICE (e.g. cuda, to test a GPU)
+# keeps it. Set at import, before any test module is collected; spawned workers and papermill
+# kernels inherit it.
+USER_DEVICE = os.environ.get("MOKIT_DEVICE")
+os.environ.setdefault("MOKIT_DEVICE", "cpu")
+
 
 def pytest_collection_modifyitems(config, items):
     """The browser test last: by then the notebooks' data caches and smoke checkpoints exist."""
@@ -16,6 +23,12 @@ def _isolated_runs(tmp_path_factory):
     os.environ["MOKIT_RUNS"] = str(tmp_path_factory.mktemp("runs"))
     os.environ["MOKIT_PROGRESS"] = "0"
     yield
+
+
+@pytest.fixture(scope="session")
+def user_device():
+    """MOKIT_DEVICE as the user set it before the session (None: unset, so the session pins the CPU)."""
+    return USER_DEVICE
 
 
 @pytest.fixture

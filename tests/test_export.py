@@ -115,3 +115,67 @@ def test_ledger_reads_every_notebook(tmp_path, monkeypatch):
         ("02_pruning", "per_layer.fc1", 0.9), ("02_pruning", "pruned_acc", 98.1), ("02_pruning", "real_data", True),
         ("10_deployment_capstone", "capstone_acc", 98.9)]                 # lists left out, dicts dotted
     assert [r["metric"] for r in ledger(contains="acc")] == ["pruned_acc", "capstone_acc"]
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA without a GPU: PyTorch is compared with ONNX Runtime on the CPU, on copies
+# ---------------------------------------------------------------------------------------------
+
+class _Spy(torch.nn.Sequential):
+    """An nn.Sequential that notes the id of every instance whose tensors are moved (.cpu(), .to())."""
+    moved: list = []
+
+    def _apply(self, fn, *args, **kwargs):
+        _Spy.moved.append(id(self))
+        return super()._apply(fn, *args, **kwargs)
+
+
+def test_latency_and_outputs_compare_cpu_copies_with_onnx_runtime(lenet5_onnx, monkeypatch):
+    import mokit.metrics
+
+    model, path = lenet5_onnx
+    spy = _Spy(*[layer for layer in model]).train()
+    ort_model = E.OnnxModel(path)
+    timed = []
+    real = mokit.metrics.measure_latency
+
+    def recording(m, *a, **kw):
+        timed.append((m, {p.device.type for p in m.parameters()}, m.training))
+        return real(m, *a, **kw)
+
+    monkeypatch.setattr(mokit.metrics, "measure_latency", recording)
+    _Spy.moved.clear()
+    table = E.compare_latency({"torch": spy, "ort": ort_model}, (1, 28, 28), batch_sizes=(2,), repeats=2, rounds=1)
+    assert [r["device"] for r in table] == ["cpu", "cpu"]
+    (copy_, devices, training), (ort_timed, _, _) = timed
+    assert copy_ is not spy and devices == {"cpu"} and not training     # an eval-mode CPU copy is timed
+    assert ort_timed is ort_model                                        # the ORT session is not copied
+    assert E.max_abs_diff(spy, ort_model, torch.randn(3, 1, 28, 28)) <= 1e-4
+    assert id(spy) not in _Spy.moved and spy.training                    # the caller's model is untouched
+
+
+def test_onnx_model_answers_on_the_inputs_device(lenet5_onnx, monkeypatch):
+    """ORT runs on the CPU; the logits go back to x's device (checked with a device-recording tensor.to)."""
+    _, path = lenet5_onnx
+    ort_model = E.OnnxModel(path)
+    x = torch.randn(2, 1, 28, 28)
+    sent = []
+    real_to = torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **kw: sent.append(a) or real_to(self, *a, **kw))
+    out = ort_model(x)
+    assert sent == [(x.device,)] and out.device == x.device and out.shape == (2, 10)
+
+
+def test_the_test_session_is_pinned_to_the_cpu(user_device, standin_mnist, monkeypatch):
+    """conftest sets MOKIT_DEVICE=cpu unless the user set it: models land where the fixture data is."""
+    import os
+
+    from mokit.train import pick_device
+
+    if user_device is not None:
+        pytest.skip(f"MOKIT_DEVICE={user_device} was set by the user")
+    assert os.environ["MOKIT_DEVICE"] == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)        # even where a GPU is present
+    assert pick_device() == torch.device("cpu")
+    train, test = standin_mnist
+    assert train.x.device.type == test.x.device.type == "cpu"

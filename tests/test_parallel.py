@@ -105,3 +105,112 @@ def test_torch_pipelining_equals_unsplit_model():
         assert (out - model(x)).abs().max().item() < 1e-5
     with pytest.raises(ValueError, match="dividing the batch size 32, got 5"):
         P.pipelining_run(model, x, split=3, micro_batches=5)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA without a GPU: the choices are pinned with torch.cuda mocked
+# ---------------------------------------------------------------------------------------------
+
+def _cuda(monkeypatch, available: bool, initialized: bool = False, count: int = 1):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: initialized)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count if available else 0)
+
+
+def test_workers_are_spawned_wherever_cuda_is_available(monkeypatch):
+    _cuda(monkeypatch, available=True, initialized=False)      # is_available() has started the driver
+    assert P.pick_start_method(1) == "spawn"
+    _cuda(monkeypatch, available=True, initialized=True)
+    assert P.pick_start_method(1) == "spawn"
+    _cuda(monkeypatch, available=False)
+    can_fork = "fork" in torch.multiprocessing.get_all_start_methods()
+    assert P.pick_start_method(1) == ("fork" if can_fork else "spawn")
+    assert P.pick_start_method(2) == "spawn"                    # OpenMP pools do not survive a fork
+
+
+def test_one_gpu_gives_nccl_to_one_worker_only_so_ddp_reports_what_it_ran_on(monkeypatch):
+    _cuda(monkeypatch, available=True, count=1)
+    monkeypatch.setattr(P.dist, "is_nccl_available", lambda: True)
+    assert P.pick_backend(1) == "nccl" and P.pick_backend(2) == "gloo"   # why notebook 09 passes one backend
+    monkeypatch.undo()
+    x, y = _data(128)
+    out = P.ddp_train(create_model("lenet300"), (x, y), world_size=1, steps=2, batch_size=32, backend="gloo")
+    assert (out["backend"], out["device"]) == ("gloo", "cpu")
+    with pytest.raises(ValueError, match="backend must be 'auto', 'gloo' or 'nccl' for DDP, got None"):
+        P.ddp_train(create_model("lenet300"), (x, y), world_size=1, backend=None)
+
+
+class _Spy(torch.nn.Sequential):
+    """An nn.Sequential that notes the id of every instance whose tensors are moved (.cpu(), .to())."""
+    moved: list = []
+
+    def _apply(self, fn, *args, **kwargs):
+        _Spy.moved.append(id(self))
+        return super()._apply(fn, *args, **kwargs)
+
+
+def test_the_callers_model_is_neither_moved_nor_set_to_eval():
+    torch.manual_seed(0)
+    model = _Spy(*create_model("mlp", hidden=(64, 64))).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = _data(64)
+    _Spy.moved.clear()
+    P.ddp_train(model, (x, y), world_size=1, steps=2, batch_size=32)
+    out = P.pipeline_run(model, x, split=3, micro_batches=2)
+    y_pipe = P.pipelining_run(model, x, split=3, micro_batches=2)
+    assert id(model) not in _Spy.moved                   # the workers got copies; the caller's stays put
+    assert model.training and all(m.training for m in model)
+    assert P.max_param_diff(model.state_dict(), before) == 0.0
+    with torch.no_grad():
+        ref = model.eval()(x)
+    assert (out["output"] - ref).abs().max().item() < 1e-5 and (y_pipe - ref).abs().max().item() < 1e-5
+
+
+def test_the_clock_waits_for_cuda(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(("sync", device)))
+    monkeypatch.setattr(P.time, "perf_counter", lambda: calls.append(("clock", None)) or 1.0)
+    assert P.device_clock(torch.device("cuda", 1)) == 1.0
+    assert calls == [("sync", torch.device("cuda", 1)), ("clock", None)]   # synchronise, then read
+    calls.clear()
+    P.device_clock(torch.device("cpu"))
+    assert calls == [("clock", None)]
+
+
+def test_every_pipeline_timestamp_is_read_through_the_synchronising_clock(monkeypatch):
+    """Stage 0 of a 1-stage pipeline in this process: 2 clock reads per micro-batch and round."""
+    import torch.distributed as dist
+
+    from mokit.serve import free_port
+
+    devices = []
+    real_clock = P.device_clock
+    monkeypatch.setattr(P, "device_clock", lambda device: devices.append(device) or real_clock(device))
+    model = create_model("lenet300").eval()
+    x, _ = _data(8)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        out = P._pipeline_worker(0, 1, "gloo", [model], list(x.chunk(4)), [[(2, 1, 28, 28)] * 4], 2)
+    finally:
+        dist.destroy_process_group()
+    assert devices == [torch.device("cpu")] * (2 * 4 * 2)
+    assert [(t["micro"], t["start"] <= t["end"]) for t in out["timeline"]] == [(m, True) for m in range(4)]
+
+
+def test_failed_trials_of_a_distributed_search_raise(tmp_path, standin, monkeypatch):
+    """A worker whose every trial fails (as a forked child touching CUDA would) is an error, not a log line."""
+    from mokit import nas
+
+    if "fork" not in torch.multiprocessing.get_all_start_methods():
+        pytest.skip("the failing objective reaches the workers by fork")
+
+    def failing_objective(train_data, val_data, **kw):
+        def objective(config, budget):
+            raise RuntimeError("Cannot re-initialize CUDA in forked subprocess (simulated)")
+        return objective
+
+    monkeypatch.setattr(nas, "arch_objective", failing_objective)
+    monkeypatch.setattr(P, "pick_start_method", lambda threads=1: "fork")
+    with pytest.raises(RuntimeError, match=r"(?s)2 of 2 trials failed.*worker \d.*Cannot re-initialize CUDA"):
+        P.distributed_search(tmp_path / "study.log", workers=2, n_trials=2, n_train=100, n_val=50,
+                             space_kw={"max_layers": 1, "widths": (8,)})
