@@ -3,7 +3,9 @@
     MOKIT_DATA=../shared/data .venv/bin/python benchmarks/train_speed.py [--epochs-repeat 3]
 
 1. mokit.train epoch time vs a minimal hand-written PyTorch loop over the same tensors
-   (same model, optimizer, batch size, shuffling on the same device).   target: <= 1.15x
+   (same model, optimizer, batch size, shuffling on the same device; the hand loop keeps PyTorch's
+   default contiguous NCHW layout).   target: MLP <= 1.15x the hand loop's time; conv nets, where
+   mokit trains channels_last, >= 1.3x faster than the hand loop (LeNet-5)
 2. The in-memory batch iterator vs a torchvision DataLoader with ToTensor/Normalize, one pass
    over MNIST's training set without a model.                           target: >= 5x faster
 """
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mokit import data, models
-from mokit.train import pick_device, seed_everything, train
+from mokit.train import pick_device, seed_everything, train, use_channels_last
 
 
 def hand_loop(model, x, y, batch_size, lr, seed):
@@ -62,8 +64,12 @@ def loop_overhead(model_name, train_data, repeats, batch_size=128):
         for fn in pair:
             (mokit_t if fn is mokit_epoch else hand_t).append(fn(r))
     a, b = statistics.median(mokit_t), statistics.median(hand_t)
-    print(f"{model_name:9s} epoch: mokit.train {a:6.2f} s   hand loop {b:6.2f} s   ratio {a / b:.3f}x "
-          f"(target <= 1.15x; median of {repeats}, order alternating)")
+    if use_channels_last(models.create_model(model_name), train_data.device):
+        target, met = ">= 1.3x faster: mokit trains conv nets channels_last", b / a >= 1.3
+    else:
+        target, met = "<= 1.15x the hand loop's time", a / b <= 1.15
+    print(f"{model_name:9s} epoch: mokit.train {a:6.2f} s   hand loop {b:6.2f} s   mokit is {b / a:.2f}x as fast "
+          f"(target {target}: {'MET' if met else 'MISSED'}; median of {repeats}, order alternating)")
     return a / b
 
 

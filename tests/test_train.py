@@ -109,3 +109,126 @@ def test_checkpoint_trained_once_then_loaded(small, tmp_path, monkeypatch):
 def test_baseline_unknown_name():
     with pytest.raises(ValueError, match="recipes exist for: lenet300"):
         baseline("vgg16")
+
+
+# --- precision, layout, the fast-recipe pieces --------------------------------------------------
+
+from mokit import train as T  # noqa: E402
+
+
+def test_precision_names_and_fp16_on_cpu_refused():
+    with pytest.raises(ValueError, match="valid: auto, fp32, bf16, fp16"):
+        T.resolve_precision("half", "cpu")
+    with pytest.raises(ValueError, match="'fp16' needs a CUDA GPU"):
+        T.resolve_precision("fp16", "cpu")
+    assert T.resolve_precision("fp32", "cpu") == "fp32" and T.resolve_precision("bf16", "cpu") == "bf16"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_follows_the_cpu(monkeypatch, native):
+    monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: native)
+    assert T.resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+
+
+def test_bad_precision_fails_before_work(small):
+    model = _fresh()
+    before = [p.clone() for p in model.parameters()]
+    for bad in ("fp8", "fp16"):
+        with pytest.raises(ValueError, match="precision"):
+            train(model, small[0], precision=bad, device="cpu", progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_bf16_training_learns_and_is_part_of_the_checkpoint_key(small, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOKIT_CACHE", str(tmp_path))
+    tr, te = small
+    m, info = load_or_train("mlp", tr, model_kw={"hidden": [32]}, epochs=2, precision="bf16", progress=False)
+    assert evaluate(m, te)["accuracy"] > 50
+    _, info32 = load_or_train("mlp", tr, model_kw={"hidden": [32]}, epochs=2, precision="fp32", progress=False)
+    assert info["path"] != info32["path"] and info["key"]["train"]["precision"] == "bf16"
+
+
+def test_conv_nets_train_channels_last_with_the_same_result(small):
+    tr, _ = small
+    runs = {}
+    for layout in (True, False):
+        seed_everything(0)
+        m = models.create_model("lenet5")
+        train(m, tr.subset(256), epochs=1, channels_last=layout, device="cpu", progress=False)
+        runs[layout] = m
+    assert runs[True][3].weight.is_contiguous(memory_format=torch.channels_last)      # (50, 20, 5, 5)
+    assert not runs[False][3].weight.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(runs[True].parameters(), runs[False].parameters()):
+        assert torch.allclose(a, b, atol=1e-4)
+    assert T.use_channels_last(runs[True], torch.device("cpu")) and not T.use_channels_last(_fresh(), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"label_smoothing": 1.0}, "label_smoothing must be"), ({"label_smoothing": float("nan")}, "label_smoothing"),
+    ({"lr": float("nan")}, "lr must be"), ({"lr": float("inf")}, "lr must be"),
+    ({"weight_decay": float("nan")}, "weight_decay"), ({"augment": "mixup"}, "valid: none, crop_flip"),
+    ({"label_smoothing": 0.1, "loss_fn": lambda o, y, x: o.sum()}, "default loss"),
+])
+def test_more_bad_input_fails_before_work(small, kw, match):
+    model = _fresh()
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=match):
+        train(model, small[0], progress=False, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_model_that_does_not_fit_the_data_is_refused(small):
+    cifar_like = models.create_model("cifar_cnn")                    # 3 input channels, MNIST has 1
+    with pytest.raises(ValueError, match=r"cannot take mnist examples of shape \(1, 28, 28\)"):
+        train(cifar_like, small[0], progress=False)
+    seven = models.create_model("mlp", num_classes=7)
+    with pytest.raises(ValueError, match="mnist has 10 classes"):
+        train(seven, small[0], progress=False)
+
+
+def test_label_smoothing_matches_torch(small):
+    """Smoothed training equals a hand loss_fn with torch's label_smoothing (same seed, same steps)."""
+    tr = small[0].subset(256)
+    a, b = _fresh(), _fresh()
+    train(a, tr, epochs=1, label_smoothing=0.2, progress=False)
+    train(b, tr, epochs=1, progress=False,
+          loss_fn=lambda o, y, x: torch.nn.functional.cross_entropy(o, y, label_smoothing=0.2))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_triangle_schedule_and_split_optimizer():
+    tri = SCHEDULES["triangle"]
+    assert tri(0) == pytest.approx(0.2) and tri(0.23) == pytest.approx(1) and tri(1) == pytest.approx(0.07)
+    model = models.create_model("cifar_net")
+    opt = OPTIMIZERS["nesterov_split"][0](model.parameters(), lr=0.5, weight_decay=0.01)
+    weights, flat = opt.param_groups
+    assert weights["lr"] == 0.5 and flat["lr"] == 32 and flat["weight_decay"] == pytest.approx(0.01 / 64)
+    assert all(p.ndim >= 2 for p in weights["params"]) and all(p.ndim == 1 for p in flat["params"])
+    frozen = [model[0].weight] + [m.weight for m in model if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not any(p is f for g in opt.param_groups for p in g["params"] for f in frozen)
+
+
+def test_lookahead_ends_on_the_averaged_weights(small):
+    tr = small[0].subset(256)
+    model = _fresh()
+    seen = {}
+
+    def spy(m, info):
+        if info.step == info.total_steps:
+            seen.update({k: v.clone() for k, v in m.state_dict().items()})
+    hook = T.Lookahead(model)
+    train(model, tr, epochs=2, batch_size=32, on_step=lambda m, i: (hook(m, i), spy(m, i)), progress=False)
+    assert all(torch.equal(hook.state[k], v) for k, v in seen.items())
+    assert any(not torch.equal(v, model.state_dict()[k]) for k, v in T.Lookahead(_fresh()).state.items())
+
+
+def test_tta_views_average_and_unknown_tta_is_refused(small):
+    te = small[1]
+    flat = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(1, 10))
+    assert torch.allclose(T.predict(flat, te, tta="flip"), T.predict(flat, te), atol=1e-6)   # flip-invariant
+    lenet = models.create_model("lenet5").eval()
+    x = te.x[:8]
+    manual = 0.5 * (lenet(x) + lenet(x.flip(3)))
+    assert torch.allclose(T.predict(lenet, te.take(slice(0, 8)), tta="flip"), manual, atol=1e-5)
+    with pytest.raises(ValueError, match="valid names: none, flip, flip_translate"):
+        evaluate(lenet, te, tta="crops")
