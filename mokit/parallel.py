@@ -167,7 +167,9 @@ def _check_ddp(world_size, n: int, steps: int, batch_size: int) -> None:
 
 def sgd_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int,
                   lr: float = 0.05, momentum: float = 0.0, seed: int = 0) -> nn.Module:
-    """One process, full batches: the steps DDP must reproduce (trains `model` in place)."""
+    """One process, full batches: the steps DDP must reproduce (trains `model` in place, on its device)."""
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)                  # the data joins the model (a GPU model, CPU data)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     for idx in global_batches(len(y), batch_size, steps, seed):
         loss = F.cross_entropy(model(x[idx]), y[idx])
@@ -231,10 +233,11 @@ def ddp_train(model: nn.Module, data, *, world_size: int, steps: int = 20, batch
 
 
 def max_param_diff(a: dict, b: dict) -> float:
-    """max |a - b| over every entry of two state dicts with the same keys."""
+    """max |a - b| over every entry of two state dicts with the same keys (on the CPU: either may
+    come from a GPU model, the other from a worker)."""
     if a.keys() != b.keys():
         raise ValueError(f"state dicts differ in keys: {sorted(set(a) ^ set(b))}")
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    return max((a[k].detach().float().cpu() - b[k].detach().float().cpu()).abs().max().item() for k in a)
 
 
 # ---------------------------------------------------------------------------------------------

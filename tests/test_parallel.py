@@ -214,3 +214,18 @@ def test_failed_trials_of_a_distributed_search_raise(tmp_path, standin, monkeypa
     with pytest.raises(RuntimeError, match=r"(?s)2 of 2 trials failed.*worker \d.*Cannot re-initialize CUDA"):
         P.distributed_search(tmp_path / "study.log", workers=2, n_trials=2, n_train=100, n_val=50,
                              space_kw={"max_layers": 1, "widths": (8,)})
+
+
+def test_reference_and_diff_follow_the_models_device(monkeypatch):
+    """sgd_reference sends the data to the model's device; max_param_diff compares on the CPU."""
+    model = create_model("lenet300")
+    x, y = _data(64)
+    sent, brought = [], []
+    real_to, real_cpu = torch.Tensor.to, torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **kw: sent.append(a[:1]) or real_to(self, *a, **kw))
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **kw: brought.append(self.shape) or real_cpu(self, *a, **kw))
+    P.sgd_reference(model, x, y, steps=2, batch_size=32)
+    assert sent[:2] == [(torch.device("cpu"),)] * 2               # x, y -> next(model.parameters()).device
+    state = model.state_dict()
+    assert P.max_param_diff(state, state) == 0.0
+    assert len(brought) == 2 * len(state)                        # both sides of every entry on the CPU
