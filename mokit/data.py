@@ -6,7 +6,8 @@ Where files live (the only module that knows):
     run outputs   $MOKIT_RUNS, else <repo>/runs         (recorded results, executed notebooks)
 
 A dataset is found, in order: torchvision's own layout under the data root; for CIFAR-10 also
-an ImageFolder tree `cifar10/{train,test}/<class>/*.jpg`; a torchvision download (unless
+an image pack `cifar10.pack` (one file of the tree's JPEGs, see pack_image_folder) and an
+ImageFolder tree `cifar10/{train,test}/<class>/*.jpg`; a torchvision download (unless
 MOKIT_OFFLINE=1); else a generated stand-in of the same shape and classes, announced loudly.
 MOKIT_STANDIN=1 forces the stand-in (tests use it).
 """
@@ -324,17 +325,26 @@ def load_dataset(name: str, split: str = "train", *, root: str | os.PathLike | N
 
 
 def torchvision_dataset(name: str, split: str = "train", transform=None, root=None):
-    """The torchvision Dataset object for a real MNIST / Fashion-MNIST under the data root.
+    """The torchvision Dataset object for a real dataset under the data root (PIL images per item).
 
     For comparing with the classic DataLoader pipeline (PIL image -> ToTensor -> Normalize per item).
+    CIFAR-10 is torchvision's CIFAR10 when its python batches are there, else an ImageFolder over the
+    `cifar10/<split>/<class>/` tree (JPEG files decoded per item).
     """
     import torchvision
 
     _check_name_split(name, split)
-    if name == "cifar10":
-        raise ValueError("torchvision_dataset supports mnist and fashion_mnist")
     root = Path(root).expanduser().resolve() if root is not None else data_root()
     cls = getattr(torchvision.datasets, _TV_CLASSES[name])
+    if name == "cifar10":
+        if (root / "cifar-10-batches-py").is_dir():
+            return cls(str(root), train=split == "train", download=False, transform=transform)
+        if (root / "cifar10" / split).is_dir():
+            ds = torchvision.datasets.ImageFolder(str(root / "cifar10" / split), transform=transform)
+            if tuple(ds.classes) != tuple(sorted(DATASETS[name].classes)):
+                raise ValueError(f"{root / 'cifar10' / split}: class folders {ds.classes} are not CIFAR-10's")
+            return ds
+        raise FileNotFoundError(f"no cifar-10-batches-py or cifar10/{split} under {root}")
     if not (root / cls.__name__ / "raw").is_dir():
         raise FileNotFoundError(f"no {cls.__name__}/raw under {root}")
     return cls(str(_writable_mirror(root, cls)), train=split == "train", download=True, transform=transform)
@@ -371,7 +381,7 @@ _TV_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CI
 
 
 def _load_real(name: str, split: str, root: Path):
-    """Try torchvision's layout, then an ImageFolder tree (CIFAR-10), then a download."""
+    """Try torchvision's layout, then (CIFAR-10) an image pack and an ImageFolder tree, then a download."""
     import torchvision
 
     cls = getattr(torchvision.datasets, _TV_CLASSES[name])
@@ -379,6 +389,8 @@ def _load_real(name: str, split: str, root: Path):
     if name == "cifar10" and (root / "cifar-10-batches-py").is_dir():
         ds = cls(str(root), train=train, download=False)
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
+    if name == "cifar10" and (root / PACK_NAME).is_file():         # one file of JPEGs (pack_image_folder)
+        return load_pack(root / PACK_NAME, name, split)
     if name == "cifar10" and (root / "cifar10" / split).is_dir():
         return _load_image_folder(root / "cifar10" / split, DATASETS[name])
     if name != "cifar10" and (root / cls.__name__ / "raw").is_dir():
@@ -488,3 +500,224 @@ def _announce_standin(name: str, root: Path) -> None:
            f"{'!' * 78}")
     print(msg)
     warnings.warn(f"mokit: using a generated stand-in for {name}", stacklevel=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Image packs: an ImageFolder tree of JPEGs as one file that travels (e.g. to a lent GPU)
+# ---------------------------------------------------------------------------------------------
+# File layout (version 1; integers little-endian; nothing in it is ever executed - no pickle):
+#   magic         8 bytes   b"MKPACK1\n"
+#   header size   8 bytes   unsigned H
+#   header        H bytes   UTF-8 JSON: {"format": "mokit-image-pack", "version": 1,
+#                           "classes": [names], "prefixes": [byte lengths], "splits": [
+#                           {"name": "train", "count": N}, ...], "body_bytes": B, "body_sha256": hex}
+#   body          B bytes   the shared prefixes, concatenated; then per split, in the header's order:
+#                           prefix id uint16 x N | label uint16 x N | tail length uint32 x N | the tails
+# Image i's JPEG file is, byte for byte, prefixes[prefix_id[i]] + tail[i]: the prefix is the JPEG
+# header up to the end of its start-of-scan segment (quantisation and Huffman tables, 623 bytes
+# for CIFAR-10), shared by every image an encoder wrote with the same settings; the tail is the
+# image's own entropy-coded data. So CIFAR-10's 60,000 JPEGs (52.7 MiB) pack into about 18 MB.
+
+PACK_MAGIC = b"MKPACK1\n"
+PACK_NAME = "cifar10.pack"           # <data root>/cifar10.pack is loaded before the cifar10/ tree
+
+
+def _jpeg_header_size(payload: bytes, where: Path) -> int:
+    """Bytes of the JPEG header: everything before the entropy-coded data (end of the SOS segment)."""
+    if payload[:2] != b"\xff\xd8":
+        raise ValueError(f"{where} is not a JPEG file (no FF D8 start marker); an image pack holds JPEGs only")
+    i = 2
+    while i + 4 <= len(payload):
+        if payload[i] != 0xFF:
+            break
+        marker, size = payload[i + 1], int.from_bytes(payload[i + 2:i + 4], "big")
+        i += 2 + size
+        if marker == 0xDA:                                   # start of scan: the data follows
+            return min(i, len(payload))
+    return 0                                                 # unusual layout: share nothing, keep it whole
+
+
+def pack_image_folder(folder: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Pack `folder`/{train,test}/<class>/*.jpg into one file at `path` (atomic write); returns the path.
+
+    Every file's bytes are kept exactly (see the layout above); labels index the sorted class
+    folders, which both splits must share. Files are taken in sorted order, as the ImageFolder
+    loader takes them. Make CIFAR-10's with `python -m mokit.data pack <cifar10 folder> <file>`.
+    """
+    import json
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder; expected one holding {'/, '.join(SPLITS)}/ class folders")
+    classes = None
+    files: dict[str, list[tuple[Path, int]]] = {}
+    for split in SPLITS:
+        sub = folder / split
+        names = sorted(p.name for p in sub.iterdir() if p.is_dir()) if sub.is_dir() else []
+        if not names:
+            raise ValueError(f"{sub} has no class folders; expected {folder}/{{{','.join(SPLITS)}}}/<class>/*.jpg")
+        if classes is not None and names != classes:
+            raise ValueError(f"{sub}: class folders {names} differ from {folder / SPLITS[0]}'s {classes}")
+        classes = names
+        files[split] = [(p, label) for label, c in enumerate(names)
+                        for p in sorted((sub / c).iterdir()) if p.is_file()]
+        if not files[split]:
+            raise ValueError(f"{sub} holds no image files")
+    prefixes: dict[bytes, int] = {}
+    sections: list[bytes] = []
+    for split in SPLITS:
+        ids, labels, sizes, tails = [], [], [], []
+        for p, label in files[split]:
+            payload = p.read_bytes()
+            cut = _jpeg_header_size(payload, p)
+            prefix = payload[:cut] if len(prefixes) < 65535 or payload[:cut] in prefixes else b""
+            ids.append(prefixes.setdefault(prefix, len(prefixes)))
+            tail = payload[len(prefix):]
+            labels.append(label)
+            sizes.append(len(tail))
+            tails.append(tail)
+        sections += [_le_array(ids, 2), _le_array(labels, 2), _le_array(sizes, 4), b"".join(tails)]
+    body = b"".join([*prefixes, *sections])
+    header = json.dumps({
+        "format": "mokit-image-pack", "version": 1, "classes": classes,
+        "prefixes": [len(p) for p in prefixes],
+        "splits": [{"name": s, "count": len(files[s])} for s in SPLITS],
+        "body_bytes": len(body), "body_sha256": hashlib.sha256(body).hexdigest()}).encode()
+    return atomic_write_bytes(path, PACK_MAGIC + len(header).to_bytes(8, "little") + header + body)
+
+
+def _le_array(values: list[int], width: int) -> bytes:
+    return b"".join(v.to_bytes(width, "little") for v in values)
+
+
+def read_pack(path: str | os.PathLike) -> tuple[dict, dict[str, tuple[list[bytes], torch.Tensor]]]:
+    """(header, {split: (JPEG files' bytes, labels int64 (N,))}) of an image pack, checked.
+
+    A truncated, damaged or foreign file raises ValueError naming it (the body's SHA-256 is checked).
+    """
+    import json
+
+    import numpy as np
+
+    path = Path(path)
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{path} is not a valid mokit image pack: {why}")
+
+    blob = path.read_bytes()
+    if blob[:8] != PACK_MAGIC:
+        raise bad(f"it does not start with {PACK_MAGIC!r}")
+    size = int.from_bytes(blob[8:16], "little")
+    try:
+        header = json.loads(blob[16:16 + size].decode())
+        classes, splits, body_bytes = header["classes"], header["splits"], int(header["body_bytes"])
+        prefix_sizes = [int(n) for n in header["prefixes"]]
+        counts = [(s["name"], int(s["count"])) for s in splits]
+    except (ValueError, KeyError, TypeError) as e:
+        raise bad(f"its header cannot be read ({e})") from e
+    if header.get("format") != "mokit-image-pack" or header.get("version") != 1:
+        raise bad(f"format {header.get('format')!r} version {header.get('version')!r}; "
+                  f"this mokit reads 'mokit-image-pack' version 1")
+    body = memoryview(blob)[16 + size:]
+    if len(body) != body_bytes:
+        raise bad(f"the body has {len(body)} bytes, the header says {body_bytes} (truncated?)")
+    if hashlib.sha256(body).hexdigest() != header.get("body_sha256"):
+        raise bad("the body's SHA-256 does not match the header (the file is damaged)")
+    at, prefixes = 0, []
+    for n in prefix_sizes:
+        prefixes.append(bytes(body[at:at + n]))
+        at += n
+    out = {}
+    for name, n in counts:
+        try:
+            ids = np.frombuffer(body, "<u2", n, at)
+            labels = np.frombuffer(body, "<u2", n, at + 2 * n)
+            sizes = np.frombuffer(body, "<u4", n, at + 4 * n).astype(np.int64)
+        except ValueError as e:                              # counts that run past the body
+            raise bad(f"split {name!r} does not fit in the file ({e})") from e
+        at += 8 * n
+        if n and (ids.max() >= len(prefixes) or labels.max() >= len(classes)):
+            raise bad(f"split {name!r} refers to a prefix or class that does not exist")
+        ends = at + np.cumsum(sizes)
+        if n and ends[-1] > len(body):
+            raise bad(f"split {name!r} runs past the end of the file")
+        starts = ends - sizes
+        files = [prefixes[i] + bytes(body[s:e]) for i, s, e in zip(ids.tolist(), starts.tolist(), ends.tolist())]
+        out[name] = (files, torch.from_numpy(labels.astype(np.int64)))
+        at = int(ends[-1]) if n else at
+    if at != len(body):
+        raise bad(f"{len(body) - at} bytes are left over after the last split")
+    return header, out
+
+
+def _decode_device(device) -> torch.device:
+    """Where to decode JPEGs: `device` if given; else CUDA when present (nvJPEG) unless MOKIT_DEVICE says otherwise."""
+    if device is not None:
+        return torch.device(device)
+    wanted = os.environ.get("MOKIT_DEVICE")
+    if wanted:
+        return torch.device(wanted) if torch.device(wanted).type == "cuda" else torch.device("cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def decode_jpegs(files: list[bytes], shape: tuple[int, int, int], *, device=None, where: str = "",
+                 chunk: int = 4096) -> torch.Tensor:
+    """JPEG files' bytes -> uint8 (N, C, H, W) on the CPU, decoded in batches by torchvision.io.decode_jpeg
+    on `device` (default: CUDA when present, else the CPU); a CUDA decoder that fails falls back to the CPU."""
+    with warnings.catch_warnings():         # torchvision >= 0.29 points at TorchCodec; decode_jpeg still works
+        warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities of TorchVision.*")
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+    c, h, w = shape
+    mode = ImageReadMode.RGB if c == 3 else ImageReadMode.GRAY
+    device = _decode_device(device)
+    out = torch.empty((len(files), c, h, w), dtype=torch.uint8)
+    for start in range(0, len(files), chunk):
+        batch = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files[start:start + chunk]]
+        try:
+            images = decode_jpeg(batch, mode=mode, device=device)
+        except RuntimeError as e:
+            if device.type == "cpu":
+                raise ValueError(f"cannot decode a JPEG among images {start}..{start + len(batch) - 1} "
+                                 f"of {where}: {e}") from e
+            warnings.warn(f"decoding JPEGs on {device} failed ({e}); decoding on the CPU", stacklevel=2)
+            device = torch.device("cpu")
+            images = decode_jpeg(batch, mode=mode, device=device)
+        for j, im in enumerate(images):
+            if tuple(im.shape) != (c, h, w):
+                raise ValueError(f"image {start + j} of {where} is {tuple(im.shape)}, not {(c, h, w)}")
+        out[start:start + len(images)] = torch.stack(images).cpu()
+    return out
+
+
+def load_pack(path: str | os.PathLike, name: str, split: str, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 (N, C, H, W), labels int64 (N,)) of `split` from an image pack of dataset `name`,
+    labels in the dataset's class order; the JPEGs are decoded on `device` (see decode_jpegs)."""
+    spec = _check_name_split(name, split)
+    header, splits = read_pack(path)
+    if sorted(header["classes"]) != sorted(spec.classes):
+        raise ValueError(f"{path}: its classes {header['classes']} are not {name}'s {list(spec.classes)}")
+    if split not in splits:
+        raise ValueError(f"{path} holds no {split!r} split; it holds {', '.join(splits)}")
+    files, labels = splits[split]
+    to_spec = torch.tensor([spec.classes.index(c) for c in header["classes"]])
+    return decode_jpegs(files, spec.shape, device=device, where=f"{path} ({split})"), to_spec[labels]
+
+
+def _main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m mokit.data", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack", help="pack <folder>/{train,test}/<class>/*.jpg into one file")
+    p.add_argument("folder")
+    p.add_argument("out")
+    args = parser.parse_args(argv)
+    out = pack_image_folder(args.folder, args.out)
+    header, _ = read_pack(out)
+    counts = ", ".join(f"{s['count']} {s['name']}" for s in header["splits"])
+    print(f"wrote {out}: {out.stat().st_size / 2**20:.1f} MiB, {counts} images, {len(header['classes'])} classes")
+
+
+if __name__ == "__main__":
+    _main()

@@ -101,3 +101,92 @@ def test_atomic_write_and_safe_load(tmp_path):
     with pytest.raises(ValueError, match=str(p)):
         data.safe_torch_load(p)
     assert not list(tmp_path.glob(".*tmp"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Image packs (pack_image_folder / read_pack / load_pack)
+# ---------------------------------------------------------------------------------------------
+
+def _jpeg_tree(folder, per_class=(2, 1), quality=75):
+    """A tiny CIFAR-10-shaped ImageFolder tree of PIL-written JPEGs: {train,test}/<class>/NNNN.jpg."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in zip(data.SPLITS, per_class):
+        for c in data.DATASETS["cifar10"].classes:
+            (folder / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(0, 256, (32, 32, 3), generator=g, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / split / c / f"{i:04d}.jpg", quality=quality)
+    return folder
+
+
+def test_pack_round_trip_keeps_bytes_images_and_labels(tmp_path, monkeypatch):
+    monkeypatch.delenv("MOKIT_STANDIN", raising=False)
+    monkeypatch.setenv("MOKIT_CACHE", str(tmp_path / "cache"))
+    tree = _jpeg_tree(tmp_path / "cifar10")
+    root = tmp_path / "root"                       # holds only the pack: loading must come from it
+    out = data.pack_image_folder(tree, root / data.PACK_NAME)
+    assert out == root / data.PACK_NAME and not list(root.glob(".*tmp"))
+    header, splits = data.read_pack(out)
+    assert header["classes"] == sorted(data.DATASETS["cifar10"].classes)
+    assert len(header["prefixes"]) == 1            # one encoder setting: one shared JPEG header
+    total = sum(p.stat().st_size for p in tree.rglob("*.jpg"))
+    assert out.stat().st_size < total              # the shared header is stored once
+    spec = data.DATASETS["cifar10"]
+    for split, n in zip(data.SPLITS, (20, 10)):
+        files, labels = splits[split]
+        originals = sorted((tree / split).rglob("*.jpg"))
+        assert len(files) == n and [f for f in files] == [p.read_bytes() for p in originals]
+        ref_x, ref_y = data._load_image_folder(tree / split, spec)     # PIL, file by file
+        x, y = data.load_pack(out, "cifar10", split, device="cpu")
+        assert x.dtype == torch.uint8 and x.shape == (n, 3, 32, 32)
+        assert torch.equal(x, ref_x) and torch.equal(y, ref_y)         # same bytes decode exactly
+        d = data.load_dataset("cifar10", split, root=root)             # through _load_real
+        assert d.real and len(d) == n and torch.equal(d.y, ref_y)
+        assert torch.equal(d.x, data._normalise(ref_x, spec))
+
+
+def test_pack_cli_writes_and_reports(tmp_path, capsys):
+    tree = _jpeg_tree(tmp_path / "cifar10", per_class=(1, 1))
+    data._main(["pack", str(tree), str(tmp_path / "p.pack")])
+    assert "10 train, 10 test images, 10 classes" in capsys.readouterr().out
+    assert data.read_pack(tmp_path / "p.pack")[1]["test"][1].tolist() == list(range(10))
+
+
+def test_damaged_pack_raises_naming_the_file(tmp_path):
+    tree = _jpeg_tree(tmp_path / "cifar10", per_class=(1, 1))
+    good = data.pack_image_folder(tree, tmp_path / "good.pack").read_bytes()
+    damaged = {
+        "truncated": good[:-100],
+        "flipped": good[:-50] + bytes([good[-50] ^ 0xFF]) + good[-49:],
+        "header": good[:20] + b"#" + good[21:],
+        "foreign": b"PK\x03\x04" + good[4:],
+        "empty": b"",
+    }
+    for name, payload in damaged.items():
+        path = tmp_path / f"{name}.pack"
+        path.write_bytes(payload)
+        with pytest.raises(ValueError, match=rf"{name}\.pack is not a valid mokit image pack"):
+            data.load_pack(path, "cifar10", "test", device="cpu")
+
+
+def test_pack_refuses_bad_folders_before_writing(tmp_path):
+    out = tmp_path / "out.pack"
+    with pytest.raises(ValueError, match="is not a folder"):
+        data.pack_image_folder(tmp_path / "missing", out)
+    tree = _jpeg_tree(tmp_path / "cifar10", per_class=(1, 1))
+    (tree / "test" / "cat" / "0001.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=r"0001\.jpg is not a JPEG file"):
+        data.pack_image_folder(tree, out)
+    (tree / "test" / "cat" / "0001.jpg").unlink()
+    (tree / "test" / "cat").rename(tree / "test" / "kitten")
+    with pytest.raises(ValueError, match="class folders .* differ"):
+        data.pack_image_folder(tree, out)
+    assert not out.exists()
+    other = _jpeg_tree(tmp_path / "mnist_like", per_class=(1, 1))
+    (other / "test" / "cat").rename(other / "test" / "zebra")
+    (other / "train" / "cat").rename(other / "train" / "zebra")
+    data.pack_image_folder(other, out)
+    with pytest.raises(ValueError, match="are not cifar10's"):
+        data.load_pack(out, "cifar10", "test", device="cpu")
