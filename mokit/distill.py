@@ -4,6 +4,8 @@
     train(student, data, loss_fn=loss)
     cache = CachedTeacher(teacher, data)                            # teacher run once, up front
     train(student, cache, loss_fn=distill_loss(cache, temperature=4, alpha=0.9))
+    cache = CachedTeacher(teacher, data, augment="flip_translate")  # logits per augmented batch,
+    cache.rewind()                                                  # kept for the next student
 
 Soft targets at temperature T: p_i = softmax(v / T)_i for teacher logits v, q_i = softmax(z / T)_i
 for student logits z. The loss mixes them with the hard labels y:
@@ -18,13 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import TensorData
-from .train import predict
+from .data import Batches, TensorData, check_augment
+from .train import autocast, predict, resolve_precision
 
 # ---------------------------------------------------------------------------------------------
 # Validation
@@ -90,46 +93,77 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch
 
 
 class CachedTeacher:
-    """The teacher's logits for every training example, computed once; serves them per batch.
+    """The teacher's logits for every training batch, computed once; serves them per batch.
 
-    Use it as train()'s data *and* as the teacher of distill_loss: each batch it yields is
-    remembered, and the loss looks up that batch's logits (checking the labels match), so
-    distillation costs one teacher pass over the data instead of one per step. Batches come
-    in the same order as `data.batches(batch_size, seed=seed)`, so a student trained from
-    scratch with the same seed sees exactly the same batches.
+    Use it as train()'s data *and* as the teacher of distill_loss: it yields exactly the batches of
+    `Batches(data, batch_size, seed=seed, augment=augment)` (what `train(model, data, seed=seed,
+    augment=augment)` draws), remembers which examples the batch in use holds, and the loss looks
+    up that batch's logits (checking the labels match). So a student trained from scratch with
+    the same seed sees the same batches, and the teacher's cost is paid once:
+    - without augmentation the teacher runs once over `data` up front (`logits`, (N, K));
+    - with augmentation every epoch's images differ, so each augmented batch's logits are computed
+      the first time the loss asks for them and kept; `rewind()` replays the same batches from the
+      first epoch, so further students (other seeds) reuse them instead of running the teacher.
     """
 
     def __init__(self, teacher: nn.Module | Callable, data: TensorData, *, batch_size: int = 128,
-                 seed: int = 0, logits: torch.Tensor | None = None):
-        if not isinstance(batch_size, int) or batch_size < 1:
+                 seed: int = 0, augment: bool | str = False, precision: str = "fp32",
+                 logits: torch.Tensor | None = None):
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        self.data, self.batch_size = data, min(batch_size, len(data))
-        self.logits = (predict(teacher, data) if logits is None else logits).to(data.device)  # (N, K)
-        if len(self.logits) != len(data):
-            raise ValueError(f"{len(self.logits)} cached logits for {len(data)} examples")
-        self.generator = torch.Generator().manual_seed(seed)
-        self._batch: tuple[torch.Tensor, torch.Tensor] | None = None   # (indices, labels) now in use
+        self.augment = check_augment(augment)
+        self.data, self.batch_size, self.seed = data, min(batch_size, len(data)), seed
+        self.precision = resolve_precision(precision, data.device)
+        self.teacher = teacher_logits_fn(teacher)
+        if self.augment == "none":
+            self.logits = (predict(teacher, data) if logits is None else logits).to(data.device)  # (N, K)
+            if len(self.logits) != len(data):
+                raise ValueError(f"{len(self.logits)} cached logits for {len(data)} examples")
+        elif logits is not None:
+            raise ValueError("logits can be given only without augmentation (augmented images change every epoch)")
+        else:
+            self.logits = None
+        self.augmented_logits: list[list[torch.Tensor]] = []        # [epoch][step] -> (B, K)
+        self.teacher_batches = 0                                     # teacher passes over augmented batches
+        self.rewind()
+
+    def rewind(self) -> CachedTeacher:
+        """Start over: the next pass serves the first epoch's batches again (cached logits are kept)."""
+        # Batches over (images, example indices): its labels tell which examples each batch holds
+        index_data = replace(self.data, y=torch.arange(len(self.data), device=self.data.device))
+        self._batches = Batches(index_data, self.batch_size, seed=self.seed, augment=self.augment)
+        self._epoch = -1
+        self._batch: tuple[int, torch.Tensor, torch.Tensor] | None = None   # (step, indices, labels)
+        return self
 
     def __len__(self) -> int:
-        return -(-len(self.data) // self.batch_size)
+        return len(self._batches)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(len(self.data), generator=self.generator).to(self.data.device)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            self._batch = (idx, self.data.y[idx])
-            yield self.data.x[idx], self.data.y[idx]
+        self._epoch += 1
+        for step, (x, idx) in enumerate(self._batches):
+            self._batch = (step, idx, self.data.y[idx])
+            yield x, self.data.y[idx]
         self._batch = None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The cached teacher logits of the batch (x, y) this cache yielded last."""
         if self._batch is None:
             raise RuntimeError("CachedTeacher has no current batch: pass the cache itself as train()'s data")
-        idx, labels = self._batch
+        step, idx, labels = self._batch
         if len(y) != len(idx) or not torch.equal(y, labels.to(y.device)):
             raise RuntimeError("the batch being trained on is not the one the cache yielded last: "
                                "pass the cache itself as train()'s data")
-        return self.logits[idx].to(x.device)
+        if self.logits is not None:
+            return self.logits[idx].to(x.device)
+        while len(self.augmented_logits) <= self._epoch:
+            self.augmented_logits.append([])
+        epoch = self.augmented_logits[self._epoch]
+        if step == len(epoch):                                      # first time this batch is served
+            with torch.no_grad(), autocast(self.precision, x.device):
+                epoch.append(self.teacher(x, y).float())
+            self.teacher_batches += 1
+        return epoch[step].to(x.device)
 
 
 def teacher_logits_fn(teacher: nn.Module | CachedTeacher | Callable) -> Callable:

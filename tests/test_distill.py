@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mokit.data import Batches
 from mokit.distill import (
     CachedTeacher,
     HintStudent,
@@ -147,3 +148,45 @@ def test_fit_class_bias_reaches_fraction(tiny):
     assert shift > 0 and abs(frac - 0.5) < 0.02
     with pytest.raises(ValueError, match="class 12"):
         fit_class_bias(model, te, cls=12)
+
+
+def test_augmented_cache_serves_the_trainers_batches_and_reuses_logits(tiny):
+    tr, _, teacher = tiny
+    cache = CachedTeacher(teacher, tr, batch_size=256, seed=5, augment="flip_translate")
+    plain = Batches(tr, 256, seed=5, augment="flip_translate")
+    served = []
+    for _ in range(2):                                       # two epochs: the flips alternate
+        for (x, y), (px, py) in zip(cache, plain, strict=True):
+            assert torch.equal(x, px) and torch.equal(y, py)
+            served.append(cache(x, y))
+            with torch.no_grad():
+                assert torch.allclose(served[-1], teacher(x), atol=1e-5)
+    assert cache.teacher_batches == 2 * len(cache)
+    cache.rewind()                                           # the same batches again, no teacher pass
+    again = [cache(x, y) for _ in range(2) for x, y in cache]
+    assert cache.teacher_batches == 2 * len(cache)
+    assert all(torch.equal(a, b) for a, b in zip(served, again, strict=True))
+
+
+def test_scratch_student_on_the_cache_equals_plain_augmented_training(tiny):
+    tr, te, teacher = tiny
+    cache = CachedTeacher(teacher, tr, batch_size=128, seed=2, augment="flip_translate")
+    runs = []
+    for data in (tr, cache):
+        seed_everything(0)
+        student = create_model("mlp", hidden=(16,))
+        kw = {"seed": 2, "augment": "flip_translate"} if data is tr else {}
+        train(student, data, epochs=2, batch_size=128, progress=False, **kw)
+        runs.append(predict(student, te))
+    assert torch.allclose(runs[0], runs[1], atol=1e-5)
+    assert cache.teacher_batches == 0                        # the scratch student never asked the teacher
+
+
+def test_cache_bad_input(tiny):
+    tr, _, teacher = tiny
+    with pytest.raises(ValueError, match="augment"):
+        CachedTeacher(teacher, tr, augment="mixup")
+    with pytest.raises(ValueError, match="batch_size"):
+        CachedTeacher(teacher, tr, batch_size=0)
+    with pytest.raises(ValueError, match="only without augmentation"):
+        CachedTeacher(teacher, tr, augment="flip_translate", logits=torch.zeros(len(tr), 10))
