@@ -516,7 +516,7 @@ RECIPES: dict[str, dict] = {
     "cifar_cnn": {"dataset": "cifar10", "epochs": 2, "optimizer": "adam", "lr": 3e-3, "schedule": "onecycle",
                   "batch_size": 256},
     # the fast CIFAR-10 recipe (airbench-style, sized for a 2-core CPU; benchmarks/cifar_speed.py measures it)
-    "cifar_net": {"dataset": "cifar10", "init": "whiten", "epochs": 10, "optimizer": "nesterov_split",
+    "cifar_net": {"dataset": "cifar10", "init": "whiten", "epochs": 8, "optimizer": "nesterov_split",
                   "lr": 0.375, "weight_decay": 0.00204, "schedule": "triangle", "batch_size": 256,
                   "label_smoothing": 0.2, "augment": "flip_translate", "lookahead": True,
                   "precision": "auto", "tta": "flip_translate"},
