@@ -41,3 +41,31 @@ def test_knobs_change_the_model():
     assert count_params(small) < count_params(big) / 3
     r20 = models.create_model("cifar_resnet", blocks=(3, 3, 3))
     assert count_params(r20) > count_params(models.create_model("cifar_resnet"))
+
+
+def test_whiten_init_decorrelates_patches_and_freezes_the_filters():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(64, 3, 16, 16, generator=g)
+    images = base + 0.8 * base.roll(1, dims=1) + 0.5 * base.roll(1, dims=3)    # correlated channels / pixels
+    model = models.cifar_net(in_shape=(3, 16, 16))
+    assert not model[0].weight.requires_grad                                   # frozen from the start
+    models.whiten_init(model, images, eps=0.0)
+    out = torch.nn.functional.conv2d(images, model[0].weight[:12])            # (N, 12, 15, 15), no bias
+    flat = out.permute(0, 2, 3, 1).reshape(-1, 12)
+    cov = torch.cov(flat.T)
+    assert torch.allclose(cov, torch.eye(12), atol=1e-3)                       # whitened: Σ = I
+    assert torch.equal(model[0].weight[12:], -model[0].weight[:12])           # and the negated copies
+
+
+def test_whiten_init_refuses_a_model_without_a_whitening_conv():
+    with pytest.raises(ValueError, match="first layer is a 2x2 Conv2d"):
+        models.whiten_init(models.create_model("lenet5"), torch.randn(4, 1, 28, 28))
+
+
+def test_cifar_net_bn_scales_fixed_and_convs_start_as_identity():
+    model = models.create_model("cifar_net")
+    bns = [m for m in model if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(not bn.weight.requires_grad and bool((bn.weight == 1).all()) for bn in bns)
+    square = [m for m in model if isinstance(m, torch.nn.Conv2d) and m.in_channels == m.out_channels]
+    x = torch.randn(1, square[0].in_channels, 8, 8)
+    assert torch.allclose(square[0](x), x, atol=1e-6)                         # dirac init: identity map
