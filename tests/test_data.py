@@ -190,3 +190,40 @@ def test_pack_refuses_bad_folders_before_writing(tmp_path):
     data.pack_image_folder(other, out)
     with pytest.raises(ValueError, match="are not cifar10's"):
         data.load_pack(out, "cifar10", "test", device="cpu")
+
+
+def test_translate_matches_a_hand_written_crop():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, 8, 8, generator=g)
+    dy, dx = torch.randint(0, 5, (6,), generator=g), torch.randint(0, 5, (6,), generator=g)
+    for mode in ("constant", "reflect"):
+        padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode=mode)
+        expected = torch.stack([padded[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8] for i in range(6)])
+        assert torch.equal(data.translate(x, dy, dx, 2, mode), expected)
+    assert torch.equal(data.translate(x, torch.full((6,), 2), torch.full((6,), 2), 2), x)   # centre = identity
+
+
+def test_alternating_flips_show_every_image_both_ways_in_two_epochs(standin):
+    d = data.load_dataset("cifar10", "train", subset=300)
+    b = data.Batches(d, 64, augment="flip_translate", seed=3)
+    first, second = b._epoch_offsets(), None
+    b.epoch += 1
+    second = b._epoch_offsets()
+    assert bool((first[2] ^ second[2]).all())                   # flipped in exactly one of the two epochs
+    assert 0.3 < first[2].float().mean() < 0.7
+    assert int(first[0].max()) <= 4 and int(first[0].min()) >= 0 and first[3:] == (2, "reflect")
+
+
+def test_augmented_batches_keep_labels_and_draw_offsets_once_per_epoch(standin, monkeypatch):
+    d = data.load_dataset("cifar10", "train", subset=300)
+    for augment in ("crop_flip", "flip_translate"):
+        b = data.Batches(d, 64, augment=augment, seed=0)
+        calls = []
+        real = b._epoch_offsets
+        monkeypatch.setattr(b, "_epoch_offsets", lambda real=real, calls=calls: calls.append(1) or real())
+        for _ in range(2):
+            ys = torch.cat([yb for _, yb in b])
+            assert sorted(ys.tolist()) == sorted(d.y.tolist())
+        assert len(calls) == 2                                   # one host -> device copy per epoch, not per batch
+    with pytest.raises(ValueError, match="valid: none, crop_flip, flip_translate"):
+        data.Batches(d, 64, augment="cutout")
