@@ -6,7 +6,9 @@
     wide = widen(model, 0, 400)                   # Net2Net: same function, more neurons
 
 Definitions used throughout: sparsity = #zeros / #elements of the prunable weights
-(Linear and Conv2d weights; biases and BatchNorm are not counted), kept fraction = 1 - sparsity.
+(Linear and Conv2d weights that train; biases and BatchNorm are not counted, and a frozen weight -
+the CIFAR net's data-set whitening conv - is a fixed preprocessing step, never pruned),
+kept fraction = 1 - sparsity. Masks live on their weight's device: nothing is copied per step.
 Importance criteria are callables `importance(module) -> scores shaped like module.weight`;
 a larger score means "keep".
 """
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .metrics import Table
+from .models import Scale
 from .train import StepInfo, evaluate, train
 
 PRUNABLE = (nn.Linear, nn.Conv2d)
@@ -38,10 +41,11 @@ def check_sparsity(sparsity) -> float:
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """name -> module for every Linear and Conv2d of `model` (ValueError if there are none)."""
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    """name -> module for every Linear and Conv2d of `model` whose weight trains (requires_grad);
+    frozen ones (a fixed whitening conv) are left alone. ValueError if there are none."""
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE) and m.weight.requires_grad}
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no Linear or Conv2d layers to prune (empty model?)")
+        raise ValueError(f"{type(model).__name__} has no trainable Linear or Conv2d layers to prune (empty model?)")
     return layers
 
 
@@ -133,7 +137,9 @@ class Masks(dict):
         with torch.no_grad():
             for name, mask in self.items():
                 w = modules[name].weight
-                w.mul_(mask.to(w.device, w.dtype))
+                if mask.device != w.device or mask.dtype != w.dtype:   # the model moved: move the mask once
+                    mask = self[name] = mask.to(w.device, w.dtype)
+                w.mul_(mask)
         return model
 
     def __call__(self, model: nn.Module, info: StepInfo | None = None) -> None:
@@ -157,7 +163,7 @@ def prune_layerwise(model: nn.Module, sparsity: float | dict[str, float], *,
     for s in per_layer.values():
         check_sparsity(s)
     score = get_importance(importance)
-    masks = Masks({n: magnitude_mask(score(layers[n]), s) for n, s in per_layer.items()})
+    masks = Masks({n: magnitude_mask(score(layers[n]), s).to(layers[n].weight) for n, s in per_layer.items()})
     masks.apply(model)
     return masks
 
@@ -169,11 +175,16 @@ def prune_global(model: nn.Module, sparsity: float, *, importance: str | Callabl
     all_layers = prunable_layers(model)
     names = list(layers) if layers is not None else list(all_layers)
     score = get_importance(importance)
+    unknown = set(names) - set(all_layers)
+    if unknown:
+        raise ValueError(f"no prunable layer named {sorted(unknown)}; layers: {', '.join(all_layers)}")
     scores = [score(all_layers[n]) for n in names]
-    flat = magnitude_mask(torch.cat([s.flatten().float().cpu() for s in scores]), sparsity)
+    device = scores[0].device                              # one threshold needs the scores in one place
+    flat = magnitude_mask(torch.cat([s.flatten().float().to(device) for s in scores]), sparsity)
     masks, start = Masks(), 0
     for n, s in zip(names, scores):
-        masks[n] = flat[start:start + s.numel()].view_as(s)
+        w = all_layers[n].weight                           # each mask on its own weight's device
+        masks[n] = flat[start:start + s.numel()].view_as(s).to(w.device, w.dtype)
         start += s.numel()
     masks.apply(model)
     return masks
@@ -182,16 +193,21 @@ def prune_global(model: nn.Module, sparsity: float, *, importance: str | Callabl
 def prune_threshold(model: nn.Module, threshold: float, *, importance: str | Callable = "l1") -> Masks:
     """Zero every weight whose score is <= threshold."""
     score = get_importance(importance)
-    masks = Masks({n: threshold_mask(score(m), threshold) for n, m in prunable_layers(model).items()})
+    masks = Masks({n: threshold_mask(score(m), threshold).to(m.weight) for n, m in prunable_layers(model).items()})
     masks.apply(model)
     return masks
 
 
 def prune_random(model: nn.Module, sparsity: float, *, seed: int = 0) -> Masks:
-    """The baseline: each layer loses a random `sparsity` fraction of its weights."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return prune_layerwise(model, sparsity, importance="random")
+    """The baseline: each layer loses a random `sparsity` fraction of its weights.
+
+    The scores come from a local CPU generator seeded with `seed` (the same masks on any device),
+    so the caller's CPU and CUDA random states are left exactly as they were."""
+    g = torch.Generator().manual_seed(seed)
+
+    def scores(module: nn.Module) -> torch.Tensor:
+        return torch.rand(module.weight.shape, generator=g).to(module.weight.device)
+    return prune_layerwise(model, sparsity, importance=scores)
 
 
 def sparsity_report(model: nn.Module) -> Table:
@@ -284,22 +300,82 @@ def prune_gradual(model: nn.Module, data, sparsity: float, *, epochs: int, begin
 
 
 def sensitivity_scan(model: nn.Module, data, sparsities: Sequence[float], *,
-                     importance: str | Callable = "l1") -> dict[str, dict[float, float]]:
-    """accuracy[layer][sparsity]: each layer pruned alone (the others dense), then restored."""
+                     importance: str | Callable = "l1",
+                     layers: Sequence[str] | None = None) -> dict[str, dict[float, float]]:
+    """accuracy[layer][sparsity]: each layer pruned alone (the others dense), then restored.
+
+    layers: the names to scan (default: every prunable layer). Sparsity 0 is the dense model,
+    evaluated once."""
     for s in sparsities:
         check_sparsity(s)
+    all_layers = prunable_layers(model)
+    names = list(layers) if layers is not None else list(all_layers)
+    unknown = set(names) - set(all_layers)
+    if unknown:
+        raise ValueError(f"no prunable layer named {sorted(unknown)}; layers: {', '.join(all_layers)}")
     score = get_importance(importance)
+    dense = evaluate(model, data)["accuracy"] if 0 in sparsities else None
     out: dict[str, dict[float, float]] = {}
-    for name, m in prunable_layers(model).items():
+    for name in names:
+        m = all_layers[name]
         original, scores = m.weight.detach().clone(), score(m)
         out[name] = {}
         for s in sparsities:
+            if s == 0:
+                out[name][s] = dense
+                continue
             with torch.no_grad():
                 m.weight.mul_(magnitude_mask(scores, s).to(m.weight))
             out[name][s] = evaluate(model, data)["accuracy"]
             with torch.no_grad():
                 m.weight.copy_(original)
     return out
+
+
+def allocate_sparsity(scan: dict[str, dict[float, float]], sizes: dict[str, int],
+                      sparsity: float) -> dict[str, float]:
+    """Per-layer sparsities chosen from a sensitivity scan, reaching `sparsity` over the scanned weights.
+
+    The rule - cheapest weights first. Each layer's scan curve, as drop(s) = acc(0) - acc(s) (made
+    non-decreasing, then replaced by its lower convex hull), is cut into steps s_j -> s_(j+1); a step
+    removes n_layer * (s_(j+1) - s_j) weights and costs drop(s_(j+1)) - drop(s_j) points, so its
+    price is points per weight removed. Steps are bought in order of price until
+    sum_l n_l * s_l = sparsity * sum_l n_l (the last one in part, linearly). Were the layers' drops
+    additive, this would minimise the total drop (a fractional knapsack). Each scan needs sparsity 0.
+    """
+    target = check_sparsity(sparsity)
+    if set(scan) != set(sizes):
+        raise ValueError(f"scan and sizes must name the same layers, got {sorted(scan)} and {sorted(sizes)}")
+    steps = []                                               # (price, layer, s_from, s_to)
+    for name, curve in scan.items():
+        if 0 not in curve:
+            raise ValueError(f"the scan of layer {name!r} needs sparsity 0 (the dense model), has {sorted(curve)}")
+        points, worst = [], 0.0
+        for s in sorted(curve):
+            worst = max(worst, curve[0] - curve[s])          # drop, non-decreasing in s
+            points.append((s, worst))
+        hull: list[tuple[float, float]] = []                 # lower convex hull: prices rise along the layer
+        for pt in points:
+            while len(hull) >= 2 and ((hull[-1][1] - hull[-2][1]) * (pt[0] - hull[-2][0])
+                                      >= (pt[1] - hull[-2][1]) * (hull[-1][0] - hull[-2][0])):
+                hull.pop()
+            hull.append(pt)
+        for (s0, d0), (s1, d1) in zip(hull, hull[1:]):
+            steps.append(((d1 - d0) / (sizes[name] * (s1 - s0)), name, s0, s1))
+    total = sum(sizes.values())
+    reachable = sum(sizes[n] * max(scan[n]) for n in scan) / total
+    if target > reachable + 1e-12:
+        raise ValueError(f"sparsity {target} is beyond the scan: at most {reachable:.4f} with every layer at "
+                         f"its largest scanned sparsity; scan higher sparsities")
+    chosen = dict.fromkeys(scan, 0.0)
+    need = target * total                                    # weights still to remove
+    for _, name, s0, s1 in sorted(steps, key=lambda st: (st[0], st[2])):   # a layer's steps in order
+        if need <= 1e-9 * total:                             # reached (up to rounding)
+            break
+        take = min(s1 - s0, need / sizes[name])
+        chosen[name] = s0 + take
+        need -= take * sizes[name]
+    return chosen
 
 
 def rewind(model: nn.Module, masks: Masks, init_state: dict) -> nn.Module:
@@ -309,12 +385,20 @@ def rewind(model: nn.Module, masks: Masks, init_state: dict) -> nn.Module:
 
 
 def reinit(model: nn.Module, masks: Masks, *, seed: int) -> nn.Module:
-    """The control: the same mask on a fresh random initialisation (seeded)."""
+    """The control: the same mask on a fresh random initialisation (seeded).
+
+    The fresh values are drawn on a CPU copy from the CPU generator alone, seeded with `seed`
+    inside fork_rng, then copied in: the caller's CPU and CUDA random states are untouched and
+    the initialisation is the same on any device."""
+    fresh = copy.deepcopy(model).cpu()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for m in model.modules():
+        torch.random.default_generator.manual_seed(seed)   # the CPU generator only (torch.manual_seed seeds CUDA too)
+        for m in fresh.modules():
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
+    with torch.no_grad():
+        for target, source in zip(model.state_dict().values(), fresh.state_dict().values()):
+            target.copy_(source)
     return masks.apply(model)
 
 
@@ -324,7 +408,8 @@ def reinit(model: nn.Module, masks: Masks, *, seed: int) -> nn.Module:
 
 # Layers a unit's index passes through unchanged (BatchNorm is sliced along with its producer).
 PASS_THROUGH = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.ELU, nn.Dropout, nn.MaxPool2d, nn.AvgPool2d,
-                nn.AdaptiveAvgPool2d, nn.Flatten, nn.BatchNorm1d, nn.BatchNorm2d, nn.Identity)
+                nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.BatchNorm1d, nn.BatchNorm2d,
+                nn.Identity, Scale)
 
 
 def _chain(model: nn.Module) -> list[tuple[int, int]]:
@@ -392,13 +477,21 @@ def _slice(m: nn.Module, out_idx=None, in_idx=None, in_scale=None) -> nn.Module:
         new.weight.copy_(w)
         if b is not None:
             new.bias.copy_(b)
+    _keep_frozen(new, m)
     return new
+
+
+def _keep_frozen(new: nn.Module, old: nn.Module) -> None:
+    """A frozen parameter stays frozen in the re-built layer (the CIFAR net's fixed BN scale of 1)."""
+    for name, p in new.named_parameters():
+        p.requires_grad_(getattr(old, name).requires_grad)
 
 
 def _slice_bn(bn: nn.Module, idx: torch.Tensor) -> nn.Module:
     new = type(bn)(len(idx), bn.eps, bn.momentum, bn.affine, bn.track_running_stats).to(bn.weight.device)
     state = {k: (v[idx] if v.dim() else v) for k, v in bn.state_dict().items()}
     new.load_state_dict(state)
+    _keep_frozen(new, bn)
     return new
 
 
@@ -411,12 +504,14 @@ def select_channels(model: nn.Sequential, sparsity: float | dict[int, float], *,
                     importance: str | Callable = "l1") -> dict[int, torch.Tensor]:
     """position -> sorted indices of the output units to keep (the top (1 - sparsity) by score).
 
-    Every Linear/Conv2d but the last (whose outputs are the classes) is pruned unless `sparsity`
-    is a dict {position: sparsity}. Positions are indices into the Sequential.
+    Every Linear/Conv2d but the last (whose outputs are the classes) and but a frozen one (the
+    whitening conv) is pruned unless `sparsity` is a dict {position: sparsity}. Positions are
+    indices into the Sequential.
     """
     pairs = _chain(model)
     producers = [p for p, _ in pairs]
-    per = sparsity if isinstance(sparsity, dict) else {p: sparsity for p in producers}
+    per = sparsity if isinstance(sparsity, dict) else {p: sparsity for p in producers
+                                                       if model[p].weight.requires_grad}
     bad = set(per) - set(producers)
     if bad:
         raise ValueError(f"positions {sorted(bad)} are not prunable (the last layer is not); valid: {producers}")

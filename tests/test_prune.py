@@ -277,3 +277,129 @@ def test_other_bad_input():
         P.prune_iterative(_mlp(), None, 0.5, rounds=3, epochs=2)
     with pytest.raises(ValueError, match="begin"):
         P.GradualPruning(0.5, begin=0.8, end=0.2)
+
+
+# --- devices and random states (issue 12 s.4) ---------------------------------------------------
+
+def test_masks_live_on_the_weights_device():
+    model = _cnn().to("meta")                      # a device that is not the CPU, on any machine
+    for masks in (P.prune_global(model, 0.5), P.prune_layerwise(model, 0.5), P.prune_threshold(model, 0.1)):
+        for name, m in P.prunable_layers(model).items():
+            assert masks[name].device == m.weight.device and masks[name].dtype == m.weight.dtype, name
+
+
+def test_masks_are_not_copied_at_every_step(monkeypatch):
+    model = _cnn()
+    masks = P.prune_global(model, 0.7)
+    calls = []
+    real_to = torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: calls.append(a) or real_to(self, *a, **k))
+    for _ in range(3):
+        masks(model)                               # what train(on_step=masks) calls after each step
+    assert calls == [], f"{len(calls)} tensor copies in 3 steps"
+    model.double()                                 # the model changed dtype: each mask moves once
+    masks(model)
+    masks(model)
+    assert len(calls) == len(masks)
+    assert all(m.dtype == torch.float64 for m in masks.values())
+
+
+def test_prune_random_and_reinit_leave_the_callers_random_state_alone(monkeypatch):
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: seeded.append(seed))
+    models = [_mlp() for _ in range(3)]           # (seed_everything seeds CUDA too: before the check)
+    torch.manual_seed(123)
+    seeded.clear()
+    cpu_state = torch.random.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    masks = P.prune_random(models[0], 0.5, seed=1)
+    model, again = models[1], models[2]
+    P.reinit(model, masks, seed=2)
+    assert seeded == [], f"the global CUDA generator was reseeded with {seeded}"
+    assert torch.equal(torch.random.get_rng_state(), cpu_state)
+    if cuda_state is not None:
+        assert all(torch.equal(a, b) for a, b in zip(torch.cuda.get_rng_state_all(), cuda_state))
+    P.reinit(again, masks, seed=2)                 # seeded: the same fresh weights
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+# --- the CIFAR net: a frozen whitening conv, BatchNorm with a frozen scale ------------------------
+
+def _cifar():
+    seed_everything(0)
+    model = create_model("cifar_net", widths=(8, 12, 16)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2)
+                m.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+def test_frozen_whitening_conv_is_never_pruned():
+    model = _cifar()
+    whiten = model[0].weight.clone()
+    assert "0" not in P.prunable_layers(model)
+    P.prune_global(model, 0.9)
+    assert torch.equal(model[0].weight, whiten)
+    assert abs(P.weight_sparsity(model) - 0.9) < 1e-3
+    assert "0" not in P.sensitivity_scan(model, _cifar_data(), [0.0, 0.5])
+    with pytest.raises(ValueError, match="no prunable layer named"):
+        P.prune_global(model, 0.5, layers=["0"])
+
+
+def _cifar_data():
+    from mokit.data import TensorData
+    g = torch.Generator().manual_seed(0)
+    return TensorData(torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g),
+                      "cifar10", "test", tuple(str(i) for i in range(10)), False)
+
+
+def test_channel_pruning_of_the_cifar_net():
+    model = _cifar()
+    keep = P.select_channels(model, 0.5)
+    assert 0 not in keep and sorted(keep) == [2, 6, 9, 13, 16, 20]          # not the frozen whitening conv
+    small, masked = P.shrink(model, keep).eval(), P.mask_channels(model, keep).eval()
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.allclose(small(x), masked(x), atol=1e-5)
+    assert [m.out_channels for m in small if isinstance(m, nn.Conv2d)] == [24, 4, 4, 6, 6, 8, 8]
+    frozen = {n for n, p in small.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, p in model.named_parameters() if not p.requires_grad}   # BN scales stay fixed
+    buf = io.BytesIO()
+    torch.save(small.state_dict(), buf)
+    buf.seek(0)
+    loaded = P.resize_like(create_model("cifar_net", widths=(8, 12, 16)), torch.load(buf, weights_only=True))
+    assert torch.equal(loaded.eval()(x), small(x))
+    assert {n for n, p in loaded.named_parameters() if not p.requires_grad} == frozen
+
+
+# --- allocation from the scan -------------------------------------------------------------------
+
+def test_allocate_sparsity_buys_the_cheapest_weights_first():
+    scan = {"robust": {0.0: 90.0, 0.5: 90.0, 0.9: 89.0}, "fragile": {0.0: 90.0, 0.5: 80.0, 0.9: 50.0}}
+    chosen = P.allocate_sparsity(scan, {"robust": 100, "fragile": 100}, 0.5)
+    assert chosen == pytest.approx({"robust": 0.9, "fragile": 0.1})
+    # a bump (noise) in the curve: the drop is made non-decreasing and convex before pricing
+    bumpy = {"a": {0.0: 90.0, 0.5: 85.0, 0.7: 86.0, 0.9: 85.0}, "b": {0.0: 90.0, 0.9: 60.0}}
+    chosen = P.allocate_sparsity(bumpy, {"a": 100, "b": 100}, 0.3)
+    assert chosen == pytest.approx({"a": 0.6, "b": 0.0})
+    with pytest.raises(ValueError, match="beyond the scan"):
+        P.allocate_sparsity(scan, {"robust": 100, "fragile": 100}, 0.95)
+    with pytest.raises(ValueError, match="needs sparsity 0"):
+        P.allocate_sparsity({"a": {0.5: 80.0}}, {"a": 10}, 0.2)
+    with pytest.raises(ValueError, match="same layers"):
+        P.allocate_sparsity(scan, {"robust": 100}, 0.2)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_allocate_sparsity_reaches_the_target_on_random_scans(seed):
+    g = torch.Generator().manual_seed(seed)
+    grid = [0.0, 0.5, 0.8, 0.9, 0.95]
+    scan = {f"l{i}": {s: 90.0 - float(torch.rand(1, generator=g)) * 40 * s for s in grid} for i in range(4)}
+    sizes = {f"l{i}": int(torch.randint(10, 1000, (1,), generator=g)) for i in range(4)}
+    target = float(torch.rand(1, generator=g)) * 0.95
+    chosen = P.allocate_sparsity(scan, sizes, target)
+    assert all(0 <= s <= 0.95 for s in chosen.values())
+    assert sum(sizes[n] * s for n, s in chosen.items()) / sum(sizes.values()) == pytest.approx(target)
