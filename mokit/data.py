@@ -676,7 +676,7 @@ def decode_jpegs(files: list[bytes], shape: tuple[int, int, int], *, device=None
         batch = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files[start:start + chunk]]
         try:
             images = decode_jpeg(batch, mode=mode, device=device)
-        except RuntimeError as e:
+        except Exception as e:  # noqa: BLE001 - a damaged file (CPU) is named; a GPU decoder falls back
             if device.type == "cpu":
                 raise ValueError(f"cannot decode a JPEG among images {start}..{start + len(batch) - 1} "
                                  f"of {where}: {e}") from e
