@@ -78,8 +78,9 @@ def compute_qparams(xmin: torch.Tensor, xmax: torch.Tensor, num_bits: int = 8,
                     symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, zero_point) mapping [xmin, xmax] (widened to include 0) onto the integer grid."""
     qmin, qmax = qrange(num_bits, symmetric)
-    xmin = torch.as_tensor(xmin, dtype=torch.float32).clamp(max=0)
-    xmax = torch.as_tensor(xmax, dtype=torch.float32).clamp(min=0)
+    device = xmin.device if torch.is_tensor(xmin) else None           # stay on the range's device
+    xmin = torch.as_tensor(xmin, dtype=torch.float32, device=device).clamp(max=0)
+    xmax = torch.as_tensor(xmax, dtype=torch.float32, device=device).clamp(min=0)
     if symmetric:
         scale = torch.maximum(-xmin, xmax) / qmax
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
@@ -115,7 +116,8 @@ def percentile_range(x: torch.Tensor, axis: int | None = None, percentile: float
     if not 50 < percentile <= 100:
         raise ValueError(f"percentile must be in (50, 100], got {percentile!r}")
     p = percentile / 100
-    t = x.float() if x.numel() <= 2 ** 24 else x.flatten()[torch.randperm(x.numel())[:2 ** 24]].float()
+    t = x.float() if x.numel() <= 2 ** 24 else \
+        x.flatten()[torch.randperm(x.numel(), device=x.device)[:2 ** 24]].float()
     return (_reduce(t, axis, lambda v, d: torch.quantile(v, 1 - p, dim=d)),
             _reduce(t, axis, lambda v, d: torch.quantile(v, p, dim=d)))
 
@@ -126,7 +128,7 @@ def mse_range(x: torch.Tensor, axis: int | None = None, num_bits: int = 8, symme
     lo, hi = minmax_range(x, axis)
     best_err = torch.full_like(lo, float("inf"))
     best_lo, best_hi = lo.clone(), hi.clone()
-    for r in torch.linspace(1.0 / grid, 1.0, grid):
+    for r in torch.linspace(1.0 / grid, 1.0, grid, device=x.device):
         s, z = compute_qparams(lo * r, hi * r, num_bits, symmetric)
         err = (dequantize(quantize(x, s, z, num_bits, symmetric, axis), s, z, axis) - x) ** 2
         err = _reduce(err, axis, lambda t, d: t.mean(d))
@@ -185,21 +187,32 @@ def int8_linear(x_q: QTensor, w_q: QTensor, bias: torch.Tensor | None, out_scale
 
     acc[n, o] = sum_i (qx[n, i] - zx) * (qw[o, i] - zw[o]) + round(bias[o] / (sx * sw[o]))   (int32)
     qy = clamp(round(acc * sx * sw[o] / sy) + zy, 0, 255)                                   (uint8)
+
+    Runs on the inputs' device. The accumulator is int64 on the CPU; GPUs have no integer matrix
+    product in PyTorch, so there it is float64, which is still exact: every partial sum is an
+    integer far below 2^53 (|term| <= 255 * 255, so up to 2^37 terms).
     """
     sw = w_q.scale if w_q.scale.dim() else w_q.scale.expand(w_q.q.shape[0])
     zw = w_q.zero_point if w_q.zero_point.dim() else w_q.zero_point.expand(w_q.q.shape[0])
-    xi = (x_q.q - x_q.zero_point).to(torch.int64)                       # (N, I)
-    wi = (w_q.q - zw[:, None]).to(torch.int64)                          # (O, I)
+    acc_dtype = torch.int64 if x_q.q.device.type == "cpu" else torch.float64
+    xi = (x_q.q - x_q.zero_point).to(acc_dtype)                         # (N, I)
+    wi = (w_q.q - zw[:, None]).to(acc_dtype)                            # (O, I)
     acc = xi @ wi.T                                                     # (N, O) exact integers
     if bias is not None:
-        acc = acc + torch.round(bias / (x_q.scale * sw)).to(torch.int64)
+        acc = acc + torch.round(bias / (x_q.scale * sw)).to(acc_dtype)
     multiplier = (x_q.scale * sw / out_scale).double()                  # the one float rescale
     return (torch.round(acc.double() * multiplier) + out_zero_point).clamp(0, 255).to(torch.int32)
 
 
 def torch_int8_linear(x_q: QTensor, w_q: QTensor, bias: torch.Tensor | None, out_scale: float,
                       out_zero_point: int) -> torch.Tensor:
-    """The same layer through PyTorch's quantized Linear kernel (the reference): uint8 integers."""
+    """The same layer through PyTorch's quantized Linear kernel (the reference): uint8 integers.
+
+    PyTorch's int8 kernels are CPU kernels: the layer runs on the CPU, the result returns to x's device.
+    """
+    device = x_q.q.device
+    x_q, w_q = _cpu_qtensor(x_q), _cpu_qtensor(w_q)
+    bias = None if bias is None else bias.detach().cpu()
     w = w_q.dequantize()
     with _quiet_ao():
         torch.backends.quantized.engine = ENGINE
@@ -212,7 +225,11 @@ def torch_int8_linear(x_q: QTensor, w_q: QTensor, bias: torch.Tensor | None, out
         layer.scale, layer.zero_point = float(out_scale), int(out_zero_point)
         x = x_q.dequantize()
         qx = torch.quantize_per_tensor(x, float(x_q.scale), int(x_q.zero_point), torch.quint8)
-        return layer(qx).int_repr().to(torch.int32)
+        return layer(qx).int_repr().to(torch.int32).to(device)
+
+
+def _cpu_qtensor(t: QTensor) -> QTensor:
+    return QTensor(t.q.cpu(), t.scale.cpu(), t.zero_point.cpu(), t.num_bits, t.symmetric, t.axis)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,15 +322,19 @@ def quantized_copy(model: nn.Module, num_bits: int, **kw) -> nn.Module:
 def kmeans_1d(values: torch.Tensor, k: int, *, iters: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means on scalars with linear initialisation over [min, max] (Han et al.'s best).
 
-    Returns (centroids (k,), index of each value's centroid). Empty clusters keep their centroid.
+    Returns (centroids (k,), index of each value's centroid), on the values' device.
+    Empty clusters keep their centroid.
     """
     if values.numel() == 0:
         raise ValueError("k-means needs at least one value")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
     v = values.detach().flatten().float()
-    centroids = torch.linspace(float(v.min()), float(v.max()), k)
+    lo, hi = v.min(), v.max()                                            # stay on the device: no sync
+    centroids = lo + (hi - lo) * torch.linspace(0, 1, k, device=v.device)
     for _ in range(iters):
         idx = torch.bucketize(v, (centroids[1:] + centroids[:-1]) / 2)   # nearest of sorted centroids
-        sums = torch.zeros(k).index_add_(0, idx, v)
+        sums = torch.zeros(k, device=v.device).index_add_(0, idx, v)
         counts = torch.bincount(idx, minlength=k).float()
         new = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
         new, _ = new.sort()
@@ -335,11 +356,11 @@ class Codebook(nn.Module):
         mask = (weight != 0).float() if mask is None else mask.float()
         kept = weight[mask.bool()]
         centroids, idx = kmeans_1d(kept if kept.numel() else weight.flatten(), 2 ** num_bits)
-        index = torch.zeros(weight.numel(), dtype=torch.long)
+        index = torch.zeros(weight.numel(), dtype=torch.long, device=weight.device)
         index[mask.flatten().bool()] = idx if kept.numel() else index[:0]
         self.num_bits = num_bits
-        self.centroids = nn.Parameter(centroids.to(weight.device))
-        self.register_buffer("index", index.view_as(weight).to(weight.device))
+        self.centroids = nn.Parameter(centroids)
+        self.register_buffer("index", index.view_as(weight))
         self.register_buffer("mask", mask.to(weight.device))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
@@ -359,8 +380,9 @@ def kmeans_share(model: nn.Module, num_bits: int = 4, *, layers: Iterable[str] |
     books = {}
     for name, m in targets.items():
         mask = None if masks is None or name not in masks else masks[name]
-        book = Codebook(m.weight.detach().cpu(), num_bits, None if mask is None else mask.cpu())
-        parametrize.register_parametrization(m, "weight", book.to(m.weight.device), unsafe=True)
+        w = m.weight.detach()                                   # k-means runs where the layer lives
+        book = Codebook(w, num_bits, None if mask is None else mask.to(w.device))
+        parametrize.register_parametrization(m, "weight", book, unsafe=True)
         m.parametrizations.weight.original.requires_grad_(False)
         books[name] = book
     return books
@@ -607,3 +629,92 @@ def file_bytes(model: nn.Module) -> int:
 
     with _quiet_ao():
         return model_size(model)["bytes"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Conv-BatchNorm folding, and int8 for any traceable model (torch.ao FX graph mode, x86)
+# ---------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """One Conv2d computing bn(conv(x)) in eval mode (running statistics), per output channel c:
+
+        w'_c = w_c * gamma_c / sigma_c,   b'_c = beta_c + (b_c - mu_c) * gamma_c / sigma_c,
+        sigma_c = sqrt(running_var_c + eps)   (b = 0 for a conv without bias)
+    """
+    if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
+        raise TypeError(f"fold_conv_bn needs a Conv2d and a BatchNorm2d, got {type(conv).__name__} "
+                        f"and {type(bn).__name__}")
+    if bn.num_features != conv.out_channels or bn.running_var is None:
+        raise ValueError(f"the BatchNorm ({bn.num_features} channels, running stats: "
+                         f"{bn.running_var is not None}) does not fit the conv's {conv.out_channels} outputs")
+    factor = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    folded = copy.deepcopy(conv)
+    folded.weight = nn.Parameter(conv.weight * factor.view(-1, 1, 1, 1))    # (O, I, kh, kw) * (O, 1, 1, 1)
+    folded.bias = nn.Parameter(shift + (bias - bn.running_mean) * factor)
+    return folded
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of `model` (in eval mode) with every Conv2d -> BatchNorm2d pair of an nn.Sequential
+    folded into one Conv2d (the BatchNorm becomes nn.Identity). Same outputs, fewer layers."""
+    out = copy.deepcopy(model).eval()
+    folded = 0
+    for seq in [m for m in out.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
+                seq[i], seq[i + 1] = fold_conv_bn(seq[i], seq[i + 1]), nn.Identity()
+                folded += 1
+    if folded == 0:
+        raise ValueError(f"{type(model).__name__} has no Conv2d followed by a BatchNorm2d to fold")
+    return out
+
+
+class ChannelsLastInput(nn.Module):
+    """Feeds `inner` its input in channels_last (NHWC): the layout x86's int8 conv kernels run fastest."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
+
+
+@torch.no_grad()
+def quantize_int8_fx(model: nn.Module, data, *, num_batches: int = 20, batch_size: int = 256,
+                     engine: str = ENGINE) -> nn.Module:
+    """Post-training static int8 through torch.ao's FX graph mode (x86 qconfig mapping).
+
+    Unlike quantize_int8 (eager mode, plain Sequentials of supported layers), it traces the model
+    and quantizes what the backend supports: convs with their BatchNorm and ReLU fused (BN folded),
+    max-pools and linears in int8; anything else (a global max-pool, say) runs in float between a
+    dequantize and a quantize. Calibrates on the first num_batches batches of `data`. The result runs
+    on the CPU (int8 kernels are CPU kernels), takes and returns float tensors, and feeds conv nets
+    channels_last input.
+    """
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    if engine not in torch.backends.quantized.supported_engines:
+        raise ValueError(f"quantized engine {engine!r} is not available here; available: "
+                         f"{', '.join(torch.backends.quantized.supported_engines)}")
+    batches = iter(_batches(data, batch_size))
+    first = next(batches, None)
+    if first is None or len(first) == 0:
+        raise ValueError("calibration data is empty: int8 activation ranges need at least one batch")
+    with _quiet_ao():
+        warnings.filterwarnings("ignore", message=".*fx.*")
+        torch.backends.quantized.engine = engine
+        float_model = copy.deepcopy(model).cpu().eval()
+        prepared = prepare_fx(float_model, get_default_qconfig_mapping(engine), (first[:2].cpu(),))
+        prepared(first.cpu())
+        for i, x in enumerate(batches, start=1):
+            if i >= num_batches:
+                break
+            prepared(x.cpu())
+        int8 = convert_fx(prepared)
+    is_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return ChannelsLastInput(int8) if is_conv else int8

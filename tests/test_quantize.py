@@ -286,3 +286,132 @@ def test_torch_int8_linear_reference_agrees(axis):
     s, z = Q.compute_qparams(y.min(), y.max(), 8)
     ours = Q.int8_linear(xq, wq, b, float(s), int(z))
     assert (ours - Q.torch_int8_linear(xq, wq, b, float(s), int(z))).abs().max() <= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Device flow: everything is built on the input's device (no GPU here: a wrong default device
+# stands in for it - any tensor created without device=... lands on "meta" and breaks the run)
+# ---------------------------------------------------------------------------------------------
+
+def test_kmeans_and_codebook_build_on_the_inputs_device():
+    torch.manual_seed(0)
+    v = torch.randn(500)
+    expect_c, expect_idx = Q.kmeans_1d(v, 4)
+    with torch.device("meta"):
+        c, idx = Q.kmeans_1d(v, 4)
+        book = Q.Codebook(v.view(25, 20), 2)
+    assert c.device == idx.device == v.device and torch.allclose(c, expect_c) and torch.equal(idx, expect_idx)
+    assert {t.device.type for t in (book.centroids, book.index, book.mask)} == {"cpu"}
+
+
+@pytest.mark.parametrize("calibrate", ["minmax", "percentile", "mse"])
+def test_quantize_tensor_builds_on_the_inputs_device(calibrate):
+    torch.manual_seed(0)
+    w = torch.randn(16, 32)
+    expect = Q.quantize_tensor(w, 4, axis=0, calibrate=calibrate)
+    with torch.device("meta"):
+        got = Q.quantize_tensor(w, 4, axis=0, calibrate=calibrate)
+    assert got.q.device.type == got.scale.device.type == "cpu" and torch.equal(got.q, expect.q)
+
+
+def test_int8_linear_accumulates_exactly_off_the_cpu():
+    """On a GPU (here: the meta device) the integer product runs in float64; on the CPU in int64."""
+    from torch.overrides import TorchFunctionMode
+
+    class Matmuls(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.dtypes = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") in ("matmul", "__matmul__"):
+                self.dtypes.append((args[0].device.type, args[0].dtype))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    x, w, b = torch.randn(4, 8), torch.randn(3, 8), torch.randn(3)
+    xq, wq = Q.quantize_tensor(x, 8), Q.quantize_tensor(w, 8, symmetric=True, axis=0)
+    meta = [Q.QTensor(t.q.to("meta"), t.scale.to("meta"), t.zero_point.to("meta"), 8, t.symmetric, t.axis)
+            for t in (xq, wq)]
+    with Matmuls() as seen:
+        cpu = Q.int8_linear(xq, wq, b, 0.05, 128)
+        out = Q.int8_linear(*meta, b.to("meta"), 0.05, 128)
+    assert seen.dtypes == [("cpu", torch.int64), ("meta", torch.float64)]
+    assert out.device.type == "meta" and out.dtype == cpu.dtype == torch.int32 and out.shape == cpu.shape
+    exact = Q.int8_linear(xq, wq, b, 0.05, 128)                     # float64 gives the same integers
+    as_float = (xq.q - xq.zero_point).double() @ (wq.q - wq.zero_point[:, None]).double().T
+    assert torch.equal(as_float.long(), ((xq.q - xq.zero_point).long() @ (wq.q - wq.zero_point[:, None]).long().T))
+    assert torch.equal(exact, cpu)
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm folding and FX-mode int8
+# ---------------------------------------------------------------------------------------------
+
+def _conv_bn(bias: bool):
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 6, 3, padding=1, bias=bias), nn.BatchNorm2d(6)
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_()
+    return conv, bn.eval()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_fold_conv_bn_matches_torch_fusion(bias):
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    conv, bn = _conv_bn(bias)
+    ours, ref = Q.fold_conv_bn(conv, bn), fuse_conv_bn_eval(conv.eval(), bn)
+    assert torch.allclose(ours.weight, ref.weight, atol=1e-6) and torch.allclose(ours.bias, ref.bias, atol=1e-6)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), bn(conv(x)), atol=1e-5)
+
+
+def test_fold_batchnorm_keeps_outputs_and_bad_input():
+    from mokit.models import create_model
+
+    model = create_model("cifar_net", widths=(8, 16, 16))
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):                                          # give the BNs running statistics
+            model(torch.randn(16, 3, 32, 32))
+    model.eval()
+    folded = Q.fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())          # the original is kept
+    with pytest.raises(ValueError, match="no Conv2d followed by a BatchNorm2d"):
+        Q.fold_batchnorm(_models()[0])
+    with pytest.raises(TypeError, match="Conv2d and a BatchNorm2d"):
+        Q.fold_conv_bn(nn.Linear(2, 2), nn.BatchNorm2d(2))
+
+
+def test_quantize_int8_fx_runs_int8_kernels_close_to_float():
+    from mokit.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("cifar_net", widths=(8, 16, 16))
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 3, 32, 32))
+    model.eval()
+    calib = [torch.randn(32, 3, 32, 32) for _ in range(3)]
+    int8 = Q.quantize_int8_fx(model, calib)
+    kinds = {type(m).__name__ for m in int8.modules()}
+    assert "ConvReLU2d" in kinds and any(m.__module__.startswith("torch.ao.nn.quantized") for m in int8.modules())
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        ref, out = model(x), int8(x)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert (out - ref).abs().max() < 0.1 * ref.abs().max()
+    with pytest.raises(ValueError, match="calibration data is empty"):
+        Q.quantize_int8_fx(model, [])
+    with pytest.raises(ValueError, match="engine 'tpu'"):
+        Q.quantize_int8_fx(model, calib, engine="tpu")
