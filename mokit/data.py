@@ -316,12 +316,12 @@ def load_dataset(name: str, split: str = "train", *, root: str | os.PathLike | N
         raise ValueError(f"subset must be a positive integer or None, got {subset!r}")
     root = Path(root).expanduser().resolve() if root is not None else data_root()
     images, labels, real = _load_uint8(name, split, root)
-    data = TensorData(_normalise(images, spec), labels.long(), name, split, spec.classes, real)
-    if subset is not None and subset < len(data):
-        data = data.subset(subset, seed=seed)
+    raw = TensorData(images, labels.long(), name, split, spec.classes, real)   # uint8: subset and move
+    if subset is not None and subset < len(raw):                              # before the 4x larger floats
+        raw = raw.subset(subset, seed=seed)
     if device is not None:
-        data = data.to(device)
-    return data
+        raw = raw.to(device)
+    return replace(raw, x=_normalise(raw.x, spec))
 
 
 def torchvision_dataset(name: str, split: str = "train", transform=None, root=None):
@@ -351,8 +351,8 @@ def torchvision_dataset(name: str, split: str = "train", transform=None, root=No
 
 
 def _normalise(images: torch.Tensor, spec: Spec) -> torch.Tensor:
-    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    mean = torch.tensor(spec.mean, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255.0 - mean) / std
 
 
