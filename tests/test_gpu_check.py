@@ -41,6 +41,7 @@ def test_modules_import_without_the_packages_the_gpu_machine_lacks(tmp_path):
             "    else:\n        raise SystemExit(f'{name} was not blocked')\n"
             "import mokit.data, mokit.models, mokit.train, mokit.prune, mokit.quantize, mokit.distill\n"
             "import mokit.ensemble, mokit.search, mokit.nas, mokit.metrics, mokit.export\n"
+            "import torchvision.datasets, torchvision.io   # MNIST through torchvision, JPEG decoding\n"
             f"import runpy; runpy.run_path({str(SCRIPT)!r}, run_name='gpu_check')\n"   # imports, main not run
             "print('imported')\n")
     out = _python(code, _env(tmp_path), timeout=120)
