@@ -207,8 +207,8 @@ def check_lenet5(mnist, device, quick):
 def check_cifar(args, cifar, device):
     train_data, test_data = cifar
     kw = cifar_kw(args, device)
-    # warm-up: one throwaway epoch on the full set compiles / autotunes every kernel and shape
-    timed_train(fresh_cifar(train_data, args.widths, 99), train_data, device, **{**kw, "epochs": 1})
+    if not args.quick:   # warm-up: one throwaway epoch on the full set autotunes every kernel and shape
+        timed_train(fresh_cifar(train_data, args.widths, 99), train_data, device, **{**kw, "epochs": 1})
     runs = []
     for seed in range(args.seeds):
         sync(device)
