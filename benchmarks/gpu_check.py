@@ -332,7 +332,14 @@ def check_int8(args, cifar_model, lenet_model, sets, device):
         train_data, test_data = sets["cifar10" if which == "cifar" else "mnist"]
         test_cpu = test_data.to("cpu")
         fp32 = copy.deepcopy(model).cpu().eval()
-        int8 = quantize.quantize_int8(fp32, train_data.to("cpu"), num_batches=4 if args.quick else 20)
+        calib, batches = train_data.to("cpu"), 4 if args.quick else 20
+        try:
+            int8 = quantize.quantize_int8(fp32, calib, num_batches=batches)
+        except TypeError:                     # eager mode takes plain chains; FX graph mode traces the rest
+            if not hasattr(quantize, "quantize_int8_fx"):
+                raise
+            int8 = quantize.quantize_int8_fx(fp32, calib, num_batches=batches)
+            which += " (FX graph mode)"
         acc32, acc8 = evaluate(fp32, test_cpu)["accuracy"], evaluate(int8, test_cpu)["accuracy"]
         lat = {k: latency_ms(m, train_data.shape, args.quick) for k, m in (("fp32", fp32), ("int8", int8))}
         need = acc32 - 1.0 if test_data.real and not args.quick else acc32 - 10.0
