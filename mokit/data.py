@@ -236,7 +236,9 @@ class Batches:
         self.augment, self.drop_last = check_augment(augment), drop_last
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch = 0
-        self._flip_bits = torch.rand(len(data), generator=self.generator) < 0.5
+        # each image's own flip bit (flip_translate); drawn only there, so other modes keep their stream
+        self._flip_bits = torch.rand(len(data), generator=self.generator) < 0.5 \
+            if self.augment == "flip_translate" else None
 
     def __len__(self) -> int:
         n, b = len(self.data), self.batch_size
