@@ -3,7 +3,7 @@
     MOKIT_DATA=/work/shared/data .venv/bin/python benchmarks/distillation.py [05|06 ...]
 
 Each notebook is executed by papermill into runs/ (MOKIT_RUNS); its recorded numbers are then
-checked against its "full" bands. Wall-clock seconds are printed (the budget is 6 minutes each
+checked against its "full" bands. Wall-clock seconds are printed (the budget is 5 minutes each
 on a 2-core CPU; they are noisy on a shared machine).
 """
 
@@ -25,7 +25,10 @@ TARGETS = {
         f"± {r['student_scratch_errors_std']:.1f}, distilled {r['student_kd_errors']:.1f} ± {r['student_kd_errors_std']:.1f} "
         f"over {r['seeds']} seeds -> ratio {r['kd_error_ratio']:.3f} (target <= 0.85)",
         f"best temperature {r['best_temperature']}; hint student {r['hint_errors']} errors; omitted digit "
-        f"{r['omitted_digit']}: {r['omitted_digit_acc_before']:.1f}% -> {r['omitted_digit_recovered_acc']:.1f}% after the bias fix"],
+        f"{r['omitted_digit']}: {r['omitted_digit_acc_before']:.1f}% -> {r['omitted_digit_recovered_acc']:.1f}% after the bias fix",
+        f"CIFAR: teacher {r['cifar_teacher_acc']:.2f}%, student {r['cifar_shrink']:.1f}x smaller, {r['cifar_epochs']} epochs on "
+        f"{r['cifar_transfer_size']} images: scratch {r['cifar_scratch_acc']:.2f}%, distilled {r['cifar_kd_acc']:.2f}% -> gain "
+        f"{r['cifar_kd_gain']:+.2f} ± {r['cifar_kd_gain_std']:.2f} points over {r['cifar_seeds']} seeds ({r['cifar_seconds']:.0f} s)"],
     "06_ensembles_and_transfer": lambda r: [
         f"best single {r['best_single_acc']:.2f}%, ensemble of {len(r['member_acc'])} {r['ensemble_acc']:.2f}% "
         f"-> {r['ensemble_gain']:+.2f} points (target >= 0.2 on MNIST)",
@@ -44,7 +47,7 @@ def main(which: list[str]) -> None:
                             cwd=str(root), kernel_name="python3", progress_bar=False)
         seconds = time.perf_counter() - start
         results = load_results(name)
-        print(f"== {name}: {seconds:.0f} s wall (budget 360 s), real data: {results['real_data']}")
+        print(f"== {name}: {seconds:.0f} s wall (budget 300 s), real data: {results['real_data']}")
         for line in TARGETS[name](results):
             print("  ", line)
         problems = check_bands(results, load_bands(name, "full"))
