@@ -519,7 +519,7 @@ RECIPES: dict[str, dict] = {
     "cifar_net": {"dataset": "cifar10", "init": "whiten", "epochs": 8, "optimizer": "nesterov_split",
                   "lr": 0.375, "weight_decay": 0.00204, "schedule": "triangle", "batch_size": 256,
                   "label_smoothing": 0.2, "augment": "flip_translate", "lookahead": True,
-                  "precision": "auto", "tta": "flip_translate"},
+                  "precision": "auto", "tta": "flip_translate", "smoke_epochs": 4},
 }
 SMOKE_TRAIN = 2000     # training examples used by smoke runs (SMOKE=True in the notebooks)
 
@@ -528,7 +528,7 @@ def baseline(model_name: str, *, smoke: bool = False, dataset: str | None = None
              device=None, progress: bool = True) -> tuple[nn.Module, dict]:
     """The baseline `model_name` trained by its RECIPES entry, loaded from its checkpoint if present.
 
-    smoke=True trains 1 epoch on SMOKE_TRAIN examples (tests); it never shares a checkpoint with
+    smoke=True trains 1 epoch (or the recipe's smoke_epochs) on SMOKE_TRAIN examples (tests); it never shares a checkpoint with
     the full recipe. Returns (model, info) where info has "train", "test" (TensorData on the
     device), "test_acc" and "seconds" (training time, 0 if it was loaded).
     """
@@ -540,11 +540,12 @@ def baseline(model_name: str, *, smoke: bool = False, dataset: str | None = None
     dataset = dataset or recipe.pop("dataset")
     recipe.pop("dataset", None)
     tta = recipe.pop("tta", "none")
+    smoke_epochs = recipe.pop("smoke_epochs", 1)     # cifar_net needs a few 8-step epochs to beat chance
     device = pick_device(device)
     train_data = load_dataset(dataset, "train", subset=SMOKE_TRAIN if smoke else None, device=device)
     test_data = load_dataset(dataset, "test", subset=1000 if smoke else None, device=device)
     if smoke:
-        recipe["epochs"] = 1
+        recipe["epochs"] = smoke_epochs
     model, meta = load_or_train(model_name, train_data, seed=seed, device=device, progress=progress, **recipe)
     return model, {**meta, "train": train_data, "test": test_data,
                    "test_acc": evaluate(model, test_data, tta=tta)["accuracy"], "tta": tta,
