@@ -28,12 +28,14 @@ from mokit.train import (
     autocast,
     evaluate,
     pick_device,
+    recipe_train_kw,
     resolve_precision,
     seed_everything,
     train,
 )
 
 RECIPE = {k: v for k, v in RECIPES["cifar_net"].items() if k != "dataset"}
+TRAIN_KW = recipe_train_kw("cifar_net")
 
 
 def sync(device: torch.device) -> None:
@@ -50,7 +52,7 @@ def fresh_model(train_data, seed: int):
 
 def mokit_run(train_data, test_data, seed: int, device, epochs: int | None = None) -> dict:
     """Train with mokit.train exactly as the recipe says; accuracy with the recipe's TTA."""
-    kw = {k: v for k, v in RECIPE.items() if k not in ("init", "tta")}
+    kw = dict(TRAIN_KW)
     if epochs is not None:
         kw["epochs"] = epochs
     model = fresh_model(train_data, seed)

@@ -71,6 +71,7 @@ from mokit.train import (  # noqa: E402
     RECIPES,
     evaluate,
     pick_device,
+    recipe_train_kw,
     resolve_precision,
     seed_everything,
     train,
@@ -176,7 +177,7 @@ def fresh_cifar(train_data, widths, seed):
 
 def cifar_kw(args, device) -> dict:
     """RECIPES["cifar_net"] scaled to --batch-size (lr linearly), at --precision, for --epochs."""
-    base = {k: v for k, v in RECIPES["cifar_net"].items() if k not in ("dataset", "init", "tta")}
+    base = recipe_train_kw("cifar_net")
     kw = {**base, "batch_size": args.batch_size, "lr": args.lr or base["lr"] * args.batch_size / base["batch_size"],
           "epochs": args.epochs, "precision": resolve_precision(args.precision, device)}
     return kw
@@ -192,7 +193,7 @@ def timed_train(model, train_data, device, seed=0, **kw) -> float:
 
 def check_lenet5(mnist, device, quick):
     train_data, test_data = mnist
-    recipe = {k: v for k, v in RECIPES["lenet5"].items() if k != "dataset"}
+    recipe = recipe_train_kw("lenet5")
     if quick:
         recipe["epochs"] = 1
     seed_everything(0)

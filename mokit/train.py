@@ -522,6 +522,14 @@ RECIPES: dict[str, dict] = {
                   "precision": "auto", "tta": "flip_translate", "smoke_epochs": 4},
 }
 SMOKE_TRAIN = 2000     # training examples used by smoke runs (SMOKE=True in the notebooks)
+RECIPE_EXTRAS = ("dataset", "init", "tta", "smoke_epochs")   # recipe keys that are not train() arguments
+
+
+def recipe_train_kw(model_name: str) -> dict:
+    """The train() keyword arguments of RECIPES[model_name] (without dataset, init, tta, smoke_epochs)."""
+    if model_name not in RECIPES:
+        raise ValueError(f"no baseline recipe for {model_name!r}; recipes exist for: {', '.join(RECIPES)}")
+    return {k: v for k, v in RECIPES[model_name].items() if k not in RECIPE_EXTRAS}
 
 
 def baseline(model_name: str, *, smoke: bool = False, dataset: str | None = None, seed: int = 0,

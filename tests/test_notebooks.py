@@ -31,7 +31,7 @@ def _parameters(path: Path) -> str:
 def _run(path: Path, out: Path, **parameters) -> float:
     start = time.perf_counter()
     pm.execute_notebook(str(path), str(out), parameters=parameters, cwd=str(path.parent),
-                        kernel_name="python3", progress_bar=False)
+                        kernel_name="python3", progress_bar=False, execution_timeout=900)
     return time.perf_counter() - start
 
 
