@@ -18,7 +18,6 @@ T^2 keeps the soft term's gradient, T (q - p), the same size as T changes; as T 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import validate
 from .data import Batches, TensorData, check_augment
 from .train import autocast, predict, resolve_precision
 
@@ -36,17 +36,12 @@ from .train import autocast, predict, resolve_precision
 
 def check_temperature(temperature) -> float:
     """temperature as a float > 0, else ValueError naming the value."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    return float(temperature)
+    return validate.number("temperature", temperature, low=0, low_open=True)
 
 
 def check_alpha(alpha) -> float:
     """alpha (weight of the soft-target term) as a float in [0, 1], else ValueError."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be a number in [0, 1] (weight of the soft targets), got {alpha!r}")
-    return float(alpha)
+    return validate.number("alpha", alpha, low=0, high=1, what="weight of the soft targets")
 
 
 def _check_same_classes(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:

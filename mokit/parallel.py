@@ -39,6 +39,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from . import validate
 from .data import atomic_torch_save, safe_torch_load
 from .serve import free_port
 
@@ -47,8 +48,7 @@ from .serve import free_port
 # ---------------------------------------------------------------------------------------------
 
 def _check_world_size(world_size) -> None:
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be an integer >= 1 (number of worker processes), got {world_size!r}")
+    validate.integer("world_size", world_size, low=1, what="number of worker processes")
 
 
 def pick_backend(world_size: int = 1) -> str:

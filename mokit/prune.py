@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import validate
 from .metrics import Table
 from .models import Scale
 from .train import StepInfo, evaluate, train
@@ -35,9 +36,7 @@ PRUNABLE = (nn.Linear, nn.Conv2d)
 
 def check_sparsity(sparsity) -> float:
     """sparsity as a float in [0, 1), else ValueError naming the value."""
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
-        raise ValueError(f"sparsity must be a number in [0, 1) (fraction of weights removed), got {sparsity!r}")
-    return float(sparsity)
+    return validate.number("sparsity", sparsity, low=0, high=1, high_open=True, what="fraction of weights removed")
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -27,14 +27,15 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from . import validate
+
 # ---------------------------------------------------------------------------------------------
 # 1. The arithmetic
 # ---------------------------------------------------------------------------------------------
 
 def check_bits(num_bits, symmetric: bool = False) -> int:
     """num_bits must be an integer in 1..16 (symmetric needs >= 2: one level each side of zero)."""
-    if not isinstance(num_bits, int) or isinstance(num_bits, bool) or not 1 <= num_bits <= 16:
-        raise ValueError(f"num_bits must be an integer from 1 to 16, got {num_bits!r}")
+    validate.integer("num_bits", num_bits, low=1, high=16)
     if symmetric and num_bits < 2:
         raise ValueError(f"symmetric quantization needs num_bits >= 2 (got {num_bits}): 1 bit has no "
                          f"level for zero; use symmetric=False for 1-bit")

@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import validate
+
 # ---------------------------------------------------------------------------------------------
 # 1. Spaces: categorical choices, int / float ranges (optionally log), conditions
 # ---------------------------------------------------------------------------------------------
@@ -342,13 +344,11 @@ def format_config(config: dict) -> str:
 
 
 def _check_budget(budget) -> None:
-    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
-        raise ValueError(f"budget must be an integer >= 1 (training epochs), got {budget!r}")
+    validate.integer("budget", budget, low=1, what="training epochs")
 
 
 def _check_count(name: str, n) -> None:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
+    validate.integer(name, n, low=1)
 
 
 # ---------------------------------------------------------------------------------------------

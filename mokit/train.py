@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import validate
 from .data import (
     Batches,
     TensorData,
@@ -125,9 +126,7 @@ SCHEDULES: dict[str, Callable[[float], float]] = {
 def _lookup(table: dict, name, what: str):
     if callable(name) and what == "schedule":
         return name
-    if name not in table:
-        raise ValueError(f"unknown {what} {name!r}; valid names: {', '.join(table)}")
-    return table[name]
+    return validate.choice(what, name, table)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,14 +166,14 @@ def cross_entropy(output: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None 
 
 
 def _check_positive(name: str, value, kind=int) -> None:
-    ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be {'a finite number > 0' if kind is float else 'an integer >= 1'}, got {value!r}")
+    if kind is float:
+        validate.number(name, value, low=0, low_open=True)
+    else:
+        validate.integer(name, value, low=1)
 
 
 def _check_fraction(name: str, value) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (0 <= value < 1):
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    validate.number(name, value, low=0, high=1, high_open=True)
 
 
 # ---------------------------------------------------------------------------------------------

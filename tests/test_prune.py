@@ -234,7 +234,7 @@ def test_deepen_keeps_the_function(make, position):
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, "half", None, True])
 def test_bad_sparsity(bad):
-    with pytest.raises(ValueError, match=r"sparsity must be a number in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"sparsity must be a finite number in \[0, 1\)"):
         P.prune_global(_mlp(), bad)
     with pytest.raises(ValueError, match="sparsity"):
         P.prune_channels(_mlp(), bad)

@@ -1,0 +1,65 @@
+"""One way to check arguments: every module says a bad value the same way, before any work starts.
+
+    number("lr", lr, low=0, low_open=True)        # a finite real > 0   (NaN, inf and bools refused)
+    integer("epochs", epochs, low=1)              # an integer >= 1     (True is not 1)
+    choice("precision", p, PRECISIONS)            # one of a table's names
+
+Each returns the value as a plain Python float / int / the table's entry, and raises ValueError naming
+the argument, the value and what is allowed. NumPy scalars count as numbers; bools never do.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+
+
+def _range_text(low, high, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f" {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f" {'<' if high_open else '<='} {high:g}"
+    return ""
+
+
+def _in_range(v, low, high, low_open: bool, high_open: bool) -> bool:
+    if low is not None and (v < low or (low_open and v == low)):
+        return False
+    return not (high is not None and (v > high or (high_open and v == high)))
+
+
+def _fail(name: str, kind: str, value, what: str):
+    raise ValueError(f"{name} must be {kind}{f' ({what})' if what else ''}, got {value!r}")
+
+
+def number(name: str, value, *, low=None, high=None, low_open: bool = False, high_open: bool = False,
+           what: str = "") -> float:
+    """`value` as a float: a finite real (not a bool) within the bounds, else ValueError."""
+    kind = "a finite number" + _range_text(low, high, low_open, high_open)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or not _in_range(value, low, high, low_open, high_open):
+        _fail(name, kind, value, what)
+    return float(value)
+
+
+def integer(name: str, value, *, low=None, high=None, what: str = "") -> int:
+    """`value` as an int: an integer (not a bool; NumPy integers allowed) within the bounds, else ValueError."""
+    kind = "an integer" + _range_text(low, high, False, False)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or not _in_range(value, low, high, False, False):
+        _fail(name, kind, value, what)
+    return int(value)
+
+
+def choice(name: str, value, allowed: dict | Iterable):
+    """The entry of `allowed` (a dict: its value; any other iterable: the name itself) called `value`."""
+    names = list(allowed)
+    try:
+        ok = value in names
+    except TypeError:       # unhashable or uncomparable values are simply not names
+        ok = False
+    if not ok:
+        raise ValueError(f"unknown {name} {value!r}; valid names: {', '.join(map(str, names))}")
+    return allowed[value] if isinstance(allowed, dict) else value
