@@ -75,22 +75,81 @@ def test_loss_fn_and_on_step_hooks(small):
     assert calls == [250] * 4 and steps[-1] == (4, 4)
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"optimizer": "adamax"}, "valid names: gd, sgd"),
-    ({"schedule": "linear"}, "valid names: constant"),
-    ({"lr": 0}, "lr must be"), ({"lr": -1e-3}, "lr must be"),
-    ({"epochs": 0}, "epochs must be"), ({"batch_size": 0}, "batch_size must be"),
-    ({"label_smoothing": 1.0}, "label_smoothing must be"), ({"label_smoothing": float("nan")}, "label_smoothing"),
-    ({"lr": float("nan")}, "lr must be"), ({"lr": float("inf")}, "lr must be"),
-    ({"weight_decay": float("nan")}, "weight_decay"), ({"augment": "mixup"}, "valid: none, crop_flip"),
+NAN, INF = float("nan"), float("inf")
+ONE_BATCH = [(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))]
+
+
+def _cifar_like(n):
+    from mokit.data import TensorData
+    return TensorData(torch.zeros(n, 3, 32, 32), torch.zeros(n, dtype=torch.long), "cifar10", "test",
+                      tuple(str(i) for i in range(10)), False)
+
+
+# (train() keywords, or a function of the (train, test) fixture giving them; what the message must say)
+BAD_TRAIN_INPUTS = [
+    ({"optimizer": "adamax"}, "valid names: gd, sgd"), ({"optimizer": None}, "unknown optimizer"),
+    ({"optimizer": ["sgd"]}, "unknown optimizer"),
+    ({"schedule": "linear"}, "valid names: constant"), ({"schedule": 5}, "unknown schedule"),
+    ({"lr": 0}, "lr must be"), ({"lr": -1e-3}, "lr must be"), ({"lr": True}, "lr must be"), ({"lr": "0.1"}, "lr must be"),
+    ({"lr": NAN}, "lr must be"), ({"lr": INF}, "lr must be"), ({"lr": -INF}, "lr must be"),
+    ({"lr": NAN, "optimizer": "sgd"}, "lr must be"), ({"lr": INF, "optimizer": "sgd"}, "lr must be"),
+    ({"weight_decay": NAN}, "weight_decay"), ({"weight_decay": NAN, "optimizer": "sgd"}, "weight_decay must be"),
+    ({"weight_decay": INF, "optimizer": "sgd"}, "weight_decay must be"), ({"weight_decay": -1}, "weight_decay must be"),
+    ({"weight_decay": True}, "weight_decay must be"), ({"weight_decay": "0"}, "weight_decay must be"),
+    ({"momentum": NAN, "optimizer": "sgd"}, "momentum must be"), ({"momentum": INF, "optimizer": "sgd"}, "momentum must be"),
+    ({"momentum": -0.5, "optimizer": "sgd"}, "momentum must be"), ({"momentum": True, "optimizer": "sgd"}, "momentum must be"),
+    ({"momentum": 1.0, "optimizer": "momentum"}, "momentum must be"),
+    ({"momentum": "0.9", "optimizer": "momentum"}, "momentum must be"),
+    ({"momentum": 0.0, "optimizer": "nesterov"}, r"momentum must be a finite number in \(0, 1\)"),
+    ({"momentum": NAN, "optimizer": "nesterov_split"}, "momentum must be"),
+    ({"momentum": 0.9, "optimizer": "adam"}, "optimizer 'adam' takes no momentum"),
+    ({"momentum": 0.9, "optimizer": "rmsprop"}, "optimizer 'rmsprop' takes no momentum"),
+    ({"epochs": 0}, "epochs must be"), ({"epochs": -1}, "epochs must be"), ({"epochs": 2.5}, "epochs must be"),
+    ({"epochs": True}, "epochs must be"), ({"epochs": NAN}, "epochs must be"),
+    ({"batch_size": 0}, "batch_size must be"), ({"batch_size": True}, "batch_size must be"),
+    ({"batch_size": -1}, "batch_size must be"), ({"batch_size": 1.5}, "batch_size must be"),
+    ({"batch_size": NAN}, "batch_size must be"), ({"batch_size": "128"}, "batch_size must be"),
+    ({"label_smoothing": 1.0}, "label_smoothing must be"), ({"label_smoothing": NAN}, "label_smoothing"),
+    ({"label_smoothing": -0.1}, "label_smoothing must be"), ({"label_smoothing": True}, "label_smoothing must be"),
     ({"label_smoothing": 0.1, "loss_fn": lambda o, y, x: o.sum()}, "default loss"),
-    ({"precision": "fp8"}, "valid: auto, fp32"), ({"precision": "fp16", "device": "cpu"}, "needs a CUDA GPU"),
-])
-def test_bad_input_fails_before_work(small, kw, match):
+    ({"augment": "mixup"}, "valid: none, crop_flip"), ({"augment": 3}, "unknown augment"),
+    ({"precision": "fp8"}, "valid: auto, fp32"), ({"precision": None}, "unknown precision"),
+    ({"precision": "fp16", "device": "cpu"}, "needs a CUDA GPU"),
+    ({"channels_last": "yes"}, "channels_last must be"), ({"lookahead": "yes"}, "lookahead must be"),
+    ({"progress": "no"}, "progress must be"),
+    ({"seed": -1}, "seed must be"), ({"seed": 1.5}, "seed must be"), ({"seed": True}, "seed must be"),
+    ({"seed": NAN}, "seed must be"), ({"seed": "0"}, "seed must be"), ({"seed": 2 ** 70}, "seed must be"),
+    ({"on_step": 5}, "on_step must be"), ({"loss_fn": None}, "loss_fn must be"),
+    ({"device": "nope"}, "unknown device 'nope'"), ({"device": 3.5}, "device must be"),
+    ({"data": []}, "data has no batches"), ({"data": 5}, "data must be a TensorData"),
+    ({"data": "abc"}, "data must be a TensorData"), ({"data": iter(ONE_BATCH)}, "one-shot iterator"),
+    ({"val_data": ONE_BATCH}, "val_data must be a TensorData"), ({"val_data": 5}, "val_data must be a TensorData"),
+    (lambda tr, te: {"data": tr.take(slice(0, 0))}, "data is empty"),
+    (lambda tr, te: {"val_data": te.take(slice(0, 0))}, "val_data is empty"),
+    (lambda tr, te: {"val_data": _cifar_like(4)}, "cannot take cifar10 examples"),
+    ({"lrr": 0.1}, "unexpected keyword argument 'lrr'"),
+]
+
+
+def _bad_id(case):
+    kw = case[0]
+    return "fixture:" + case[1] if callable(kw) else ",".join(f"{k}={v!r}"[:30] for k, v in kw.items())
+
+
+@pytest.mark.parametrize("case", BAD_TRAIN_INPUTS, ids=_bad_id)
+def test_bad_input_fails_before_work(small, case):
+    """A ValueError / TypeError naming the argument; no parameter changed, no training step run."""
+    kw, match = case
+    kw = {"progress": False, "epochs": 1, **(kw(*small) if callable(kw) else kw)}
+    data = kw.pop("data", small[0])
     model = _fresh()
     before = [p.clone() for p in model.parameters()]
-    with pytest.raises(ValueError, match=match):
-        train(model, small[0], progress=False, **kw)
+    steps = []
+    hook = model.register_forward_pre_hook(lambda m, i: steps.append(1) if m.training else None)
+    with pytest.raises((ValueError, TypeError), match=match):
+        train(model, data, **kw)
+    hook.remove()
+    assert steps == [], "a training step ran before the error"
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
