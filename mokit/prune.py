@@ -16,7 +16,7 @@ a larger score means "keep".
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from torch import nn
 from . import validate
 from .metrics import Table
 from .models import Scale
-from .train import StepInfo, evaluate, train
+from .train import StepInfo, check_data, check_seed, check_train_args, evaluate, train
 
 PRUNABLE = (nn.Linear, nn.Conv2d)
 
@@ -39,13 +39,40 @@ def check_sparsity(sparsity) -> float:
     return validate.number("sparsity", sparsity, low=0, high=1, high_open=True, what="fraction of weights removed")
 
 
+def _check_model(model) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    return model
+
+
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """name -> module for every Linear and Conv2d of `model` whose weight trains (requires_grad);
     frozen ones (a fixed whitening conv) are left alone. ValueError if there are none."""
+    _check_model(model)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE) and m.weight.requires_grad}
     if not layers:
         raise ValueError(f"{type(model).__name__} has no trainable Linear or Conv2d layers to prune (empty model?)")
     return layers
+
+
+def _layer_names(layers, all_layers: dict[str, nn.Module]) -> list[str]:
+    """`layers` (None: all of all_layers) as a list of distinct prunable layer names, else ValueError."""
+    valid = ", ".join(all_layers)
+    if layers is None:
+        return list(all_layers)
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+        raise ValueError(f"layers must be a list of layer names (or None for every one), got {layers!r}; "
+                         f"layers: {valid}")
+    names = list(layers)
+    if not names:
+        raise ValueError(f"layers is empty; name at least one of: {valid} (or pass None for every one)")
+    unknown = [n for n in names if not isinstance(n, str) or n not in all_layers]
+    if unknown:
+        raise ValueError(f"no prunable layer named {unknown}; layers: {valid}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"layers names {twice} more than once; name each layer once")
+    return names
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,15 +112,22 @@ def get_importance(importance: str | Callable) -> Callable[[nn.Module], torch.Te
     """The criterion called `importance`, or `importance` itself when it is a callable."""
     if callable(importance):
         return importance
-    if importance not in IMPORTANCE:
-        raise ValueError(f"unknown importance {importance!r}; valid names: {', '.join(IMPORTANCE)} "
-                         f"(or pass a callable module -> scores)")
-    return IMPORTANCE[importance]
+    try:
+        return validate.choice("importance", importance, IMPORTANCE)
+    except ValueError as e:
+        raise ValueError(f"{e} (or pass a callable module -> scores)") from None
 
 
 def compute_gradients(model: nn.Module, data, *, batches: int = 10, batch_size: int = 256) -> nn.Module:
     """Accumulate dL/dw of the cross-entropy over `batches` batches of `data` into .grad (for Taylor)."""
-    device = next(model.parameters()).device
+    _check_model(model)
+    check_data(data)
+    batches = validate.integer("batches", batches, low=1)
+    batch_size = validate.integer("batch_size", batch_size, low=1)
+    p = next(iter(model.parameters()), None)
+    if p is None:
+        raise ValueError(f"{type(model).__name__} has no parameters to take gradients of")
+    device = p.device
     model.zero_grad(set_to_none=True)
     model.eval()                                     # BN statistics stay as they are
     for i, (xb, yb) in enumerate(data.batches(batch_size, seed=0)):
@@ -119,9 +153,12 @@ def magnitude_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 def threshold_mask(scores: torch.Tensor, threshold: float) -> torch.Tensor:
     """0/1 mask keeping scores > threshold (Han et al. prune |w| <= quality * std(w))."""
-    if threshold < 0:
-        raise ValueError(f"threshold must be >= 0, got {threshold!r}")
-    return (scores > threshold).float()
+    return (scores > check_threshold(threshold)).float()
+
+
+def check_threshold(threshold) -> float:
+    """threshold as a finite float >= 0 (NaN would prune every weight), else ValueError."""
+    return validate.number("threshold", threshold, low=0, what="scores at or below it are pruned")
 
 
 class Masks(dict):
@@ -131,8 +168,26 @@ class Masks(dict):
     re-applies them after every optimizer step, so pruned weights stay zero while training.
     """
 
+    def check(self, model: nn.Module) -> dict[str, nn.Module]:
+        """name -> layer for every mask: ValueError / TypeError naming a mask that fits no Linear or
+        Conv2d of `model` (no such layer, not a tensor, another shape), before any weight changes."""
+        _check_model(model)
+        layers = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+        unknown = [n for n in self if n not in layers]
+        if unknown:
+            raise ValueError(f"no Linear or Conv2d layer named {unknown} in {type(model).__name__} to mask; "
+                             f"its layers: {', '.join(layers)}")
+        for name, mask in self.items():
+            if not isinstance(mask, torch.Tensor):
+                raise TypeError(f"mask {name!r} must be a tensor shaped like the layer's weight, "
+                                f"got {type(mask).__name__}")
+            if mask.shape != layers[name].weight.shape:
+                raise ValueError(f"mask {name!r} has shape {tuple(mask.shape)} but layer {name!r}'s weight "
+                                 f"has shape {tuple(layers[name].weight.shape)}")
+        return layers
+
     def apply(self, model: nn.Module) -> nn.Module:
-        modules = dict(model.named_modules())
+        modules = self.check(model)            # every mask fits before the first weight changes
         with torch.no_grad():
             for name, mask in self.items():
                 w = modules[name].weight
@@ -172,11 +227,8 @@ def prune_global(model: nn.Module, sparsity: float, *, importance: str | Callabl
     """One threshold for all layers: zero the round(sparsity * N) lowest scores over all N weights."""
     check_sparsity(sparsity)
     all_layers = prunable_layers(model)
-    names = list(layers) if layers is not None else list(all_layers)
+    names = _layer_names(layers, all_layers)
     score = get_importance(importance)
-    unknown = set(names) - set(all_layers)
-    if unknown:
-        raise ValueError(f"no prunable layer named {sorted(unknown)}; layers: {', '.join(all_layers)}")
     scores = [score(all_layers[n]) for n in names]
     device = scores[0].device                              # one threshold needs the scores in one place
     flat = magnitude_mask(torch.cat([s.flatten().float().to(device) for s in scores]), sparsity)
@@ -191,6 +243,7 @@ def prune_global(model: nn.Module, sparsity: float, *, importance: str | Callabl
 
 def prune_threshold(model: nn.Module, threshold: float, *, importance: str | Callable = "l1") -> Masks:
     """Zero every weight whose score is <= threshold."""
+    check_threshold(threshold)
     score = get_importance(importance)
     masks = Masks({n: threshold_mask(score(m), threshold).to(m.weight) for n, m in prunable_layers(model).items()})
     masks.apply(model)
@@ -202,7 +255,8 @@ def prune_random(model: nn.Module, sparsity: float, *, seed: int = 0) -> Masks:
 
     The scores come from a local CPU generator seeded with `seed` (the same masks on any device),
     so the caller's CPU and CUDA random states are left exactly as they were."""
-    g = torch.Generator().manual_seed(seed)
+    check_sparsity(sparsity)
+    g = torch.Generator().manual_seed(check_seed(seed))
 
     def scores(module: nn.Module) -> torch.Tensor:
         return torch.rand(module.weight.shape, generator=g).to(module.weight.device)
@@ -235,7 +289,9 @@ def weight_sparsity(model: nn.Module) -> float:
 
 def agp_sparsity(t: float, sparsity: float, initial: float = 0.0) -> float:
     """Zhu & Gupta 2017: s(t) = s_f + (s_i - s_f) * (1 - t)^3 for progress t in [0, 1] (clipped)."""
-    t = min(max(t, 0.0), 1.0)
+    t = min(max(validate.number("t", t, what="training progress"), 0.0), 1.0)
+    sparsity = check_sparsity(sparsity)
+    initial = validate.number("initial", initial, low=0, high=1, high_open=True, what="starting sparsity")
     return sparsity + (initial - sparsity) * (1 - t) ** 3
 
 
@@ -245,10 +301,13 @@ class GradualPruning:
 
     def __init__(self, sparsity: float, *, begin: float = 0.0, end: float = 0.7, every: int = 20,
                  prune: Callable[..., Masks] = prune_global):
-        self.sparsity, self.begin, self.end = check_sparsity(sparsity), begin, end
-        if not 0 <= begin < end <= 1:
+        self.sparsity = check_sparsity(sparsity)
+        self.begin = validate.number("begin", begin, low=0, high=1, what="training progress where pruning starts")
+        self.end = validate.number("end", end, low=0, high=1, what="training progress where it reaches sparsity")
+        if not self.begin < self.end:
             raise ValueError(f"need 0 <= begin < end <= 1, got begin={begin}, end={end}")
-        self.every, self.prune = every, prune
+        self.every = validate.integer("every", every, low=1, what="steps between re-prunings")
+        self.prune = _check_prune(prune)
         self.masks, self.current = Masks(), 0.0
 
     def __call__(self, model: nn.Module, info: StepInfo) -> None:
@@ -261,9 +320,27 @@ class GradualPruning:
             self.masks.apply(model)
 
 
+def _check_prune(prune) -> Callable[..., Masks]:
+    if not callable(prune):
+        raise TypeError(f"prune must be a callable (model, sparsity) -> Masks such as prune_global, got {prune!r}")
+    return prune
+
+
+def _check_fine_tune(model: nn.Module, data, epochs, train_kw: dict) -> None:
+    """The train() arguments of a prune-then-train run, checked before the first weight is pruned."""
+    if "on_step" in train_kw:
+        raise ValueError("on_step is taken: the pruning passes its masks to train() as on_step; "
+                         "to run your own hook too, train() yourself with on_step=lambda m, i: (masks(m, i), hook(m, i))")
+    check_train_args(model, data, epochs=epochs, **train_kw)
+
+
 def prune_oneshot(model: nn.Module, data, sparsity: float, *, epochs: int,
                   prune: Callable[..., Masks] = prune_global, **train_kw) -> Masks:
-    """Prune once to `sparsity`, then fine-tune `epochs` epochs with the masks held."""
+    """Prune once to `sparsity`, then fine-tune `epochs` epochs with the masks held.
+    Every argument, train()'s included, is checked before the pruning."""
+    check_sparsity(sparsity)
+    _check_prune(prune)
+    _check_fine_tune(model, data, epochs, train_kw)
     masks = prune(model, sparsity)
     train(model, data, epochs=epochs, on_step=masks, **train_kw)
     return masks
@@ -274,8 +351,10 @@ def prune_iterative(model: nn.Module, data, sparsity: float, *, rounds: int, epo
     """`rounds` prune -> retrain cycles; round r keeps (1 - sparsity)^(r / rounds) of the weights,
     and the `epochs` are shared out evenly (the same budget as one-shot)."""
     check_sparsity(sparsity)
-    if not isinstance(rounds, int) or not 1 <= rounds <= epochs:
-        raise ValueError(f"rounds must be an integer in [1, epochs={epochs}], got {rounds!r}")
+    _check_prune(prune)
+    epochs = validate.integer("epochs", epochs, low=1, what="passes over the data, shared out over the rounds")
+    rounds = validate.integer("rounds", rounds, low=1, high=epochs, what=f"each round trains >= 1 of the {epochs} epochs")
+    _check_fine_tune(model, data, epochs, train_kw)
     masks = Masks()
     for r in range(1, rounds + 1):
         masks = prune(model, 1 - (1 - sparsity) ** (r / rounds))
@@ -289,6 +368,7 @@ def prune_gradual(model: nn.Module, data, sparsity: float, *, epochs: int, begin
                   **train_kw) -> Masks:
     """Train `epochs` epochs while sparsity follows the cubic AGP schedule up to `sparsity`."""
     hook = GradualPruning(sparsity, begin=begin, end=end, every=every, prune=prune)
+    _check_fine_tune(model, data, epochs, train_kw)
     train(model, data, epochs=epochs, on_step=hook, **train_kw)
     return hook.masks
 
@@ -305,14 +385,15 @@ def sensitivity_scan(model: nn.Module, data, sparsities: Sequence[float], *,
 
     layers: the names to scan (default: every prunable layer). Sparsity 0 is the dense model,
     evaluated once."""
+    if isinstance(sparsities, (str, bytes)) or not isinstance(sparsities, Iterable):
+        raise ValueError(f"sparsities must be a list of fractions in [0, 1), got {sparsities!r}")
+    sparsities = list(sparsities)
     for s in sparsities:
         check_sparsity(s)
     all_layers = prunable_layers(model)
-    names = list(layers) if layers is not None else list(all_layers)
-    unknown = set(names) - set(all_layers)
-    if unknown:
-        raise ValueError(f"no prunable layer named {sorted(unknown)}; layers: {', '.join(all_layers)}")
+    names = _layer_names(layers, all_layers)
     score = get_importance(importance)
+    check_data(data)
     dense = evaluate(model, data)["accuracy"] if 0 in sparsities else None
     out: dict[str, dict[float, float]] = {}
     for name in names:
@@ -325,10 +406,33 @@ def sensitivity_scan(model: nn.Module, data, sparsities: Sequence[float], *,
                 continue
             with torch.no_grad():
                 m.weight.mul_(magnitude_mask(scores, s).to(m.weight))
-            out[name][s] = evaluate(model, data)["accuracy"]
-            with torch.no_grad():
-                m.weight.copy_(original)
+            try:
+                out[name][s] = evaluate(model, data)["accuracy"]
+            finally:                                         # the layer is restored whatever happens
+                with torch.no_grad():
+                    m.weight.copy_(original)
     return out
+
+
+def _check_scan(scan, sizes) -> None:
+    """A sensitivity scan {layer: {sparsity: accuracy}} and sizes {layer: weights} that fit together."""
+    if not isinstance(scan, dict):
+        raise TypeError(f"scan must be a dict layer -> {{sparsity: accuracy}} (sensitivity_scan's result), "
+                        f"got {type(scan).__name__}")
+    if not isinstance(sizes, dict):
+        raise TypeError(f"sizes must be a dict layer -> number of weights, got {type(sizes).__name__}")
+    if not scan:
+        raise ValueError("scan is empty: scan at least one layer")
+    if set(scan) != set(sizes):
+        raise ValueError(f"scan and sizes must name the same layers, got {sorted(map(str, scan))} and "
+                         f"{sorted(map(str, sizes))}")
+    for name, curve in scan.items():
+        validate.integer(f"sizes[{name!r}]", sizes[name], low=1, what="weights in the layer")
+        if not isinstance(curve, dict):
+            raise TypeError(f"the scan of layer {name!r} must be a dict sparsity -> accuracy, got {type(curve).__name__}")
+        for s, acc in curve.items():
+            check_sparsity(s)
+            validate.number(f"the accuracy of layer {name!r} at sparsity {s}", acc)
 
 
 def allocate_sparsity(scan: dict[str, dict[float, float]], sizes: dict[str, int],
@@ -343,8 +447,7 @@ def allocate_sparsity(scan: dict[str, dict[float, float]], sizes: dict[str, int]
     additive, this would minimise the total drop (a fractional knapsack). Each scan needs sparsity 0.
     """
     target = check_sparsity(sparsity)
-    if set(scan) != set(sizes):
-        raise ValueError(f"scan and sizes must name the same layers, got {sorted(scan)} and {sorted(sizes)}")
+    _check_scan(scan, sizes)
     steps = []                                               # (price, layer, s_from, s_to)
     for name, curve in scan.items():
         if 0 not in curve:
@@ -379,8 +482,34 @@ def allocate_sparsity(scan: dict[str, dict[float, float]], sizes: dict[str, int]
 
 def rewind(model: nn.Module, masks: Masks, init_state: dict) -> nn.Module:
     """Lottery ticket (Frankle & Carbin 2019): surviving weights back to their initial values."""
+    masks = _as_masks(masks)
+    masks.check(model)
+    _check_state(model, init_state, "init_state")
     model.load_state_dict(init_state)
     return masks.apply(model)
+
+
+def _as_masks(masks) -> Masks:
+    if isinstance(masks, Masks):
+        return masks
+    if isinstance(masks, dict):
+        return Masks(masks)
+    raise TypeError(f"masks must be a Masks (or a dict layer name -> 0/1 mask), got {type(masks).__name__}")
+
+
+def _check_state(model: nn.Module, state, name: str) -> None:
+    """`state` fits model.load_state_dict exactly (same names and shapes), checked before loading:
+    load_state_dict copies what fits and only then raises, leaving a half-loaded model."""
+    if not isinstance(state, dict):
+        raise TypeError(f"{name} must be a state dict (model.state_dict()), got {type(state).__name__}")
+    own = model.state_dict()
+    missing, extra = [k for k in own if k not in state], [k for k in state if k not in own]
+    if missing or extra:
+        raise ValueError(f"{name} does not fit {type(model).__name__}: missing {missing}, unexpected {extra}")
+    for k, v in own.items():
+        if not isinstance(state[k], torch.Tensor) or state[k].shape != v.shape:
+            got = tuple(state[k].shape) if isinstance(state[k], torch.Tensor) else type(state[k]).__name__
+            raise ValueError(f"{name}[{k!r}] must be a tensor of shape {tuple(v.shape)}, got {got}")
 
 
 def reinit(model: nn.Module, masks: Masks, *, seed: int) -> nn.Module:
@@ -389,6 +518,9 @@ def reinit(model: nn.Module, masks: Masks, *, seed: int) -> nn.Module:
     The fresh values are drawn on a CPU copy from the CPU generator alone, seeded with `seed`
     inside fork_rng, then copied in: the caller's CPU and CUDA random states are untouched and
     the initialisation is the same on any device."""
+    seed = check_seed(seed)
+    masks = _as_masks(masks)
+    masks.check(model)
     fresh = copy.deepcopy(model).cpu()
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)   # the CPU generator only (torch.manual_seed seeds CUDA too)
@@ -438,11 +570,12 @@ def shrink(model: nn.Sequential, plan: dict[int, torch.Tensor]) -> nn.Sequential
     input columns likewise, divided by how often each unit appears, so duplicated units (Net2Net
     widening) leave the function unchanged and dropped units simply vanish.
     """
+    plan = _check_plan(model, plan, "plan")
     layers = [copy.deepcopy(m) for m in model]
     for p, c in _chain(model):
         if p not in plan:
             continue
-        idx = plan[p].long().cpu()
+        idx = plan[p].cpu()
         count = torch.bincount(idx, minlength=_units(layers[p])).float()[idx]   # multiplicity per new unit
         layers[p] = _slice(layers[p], out_idx=idx)
         for j in range(p + 1, c):
@@ -454,6 +587,35 @@ def shrink(model: nn.Sequential, plan: dict[int, torch.Tensor]) -> nn.Sequential
         scale = count.repeat_interleave(spatial)
         layers[c] = _slice(layers[c], in_idx=cols, in_scale=scale)
     return nn.Sequential(*layers)
+
+
+def _check_plan(model: nn.Sequential, plan, name: str) -> dict[int, torch.Tensor]:
+    """plan {position: unit indices} checked against the chain: each position a producer (a Linear /
+    Conv2d followed by another), each index list 1-D integers in [0, units), non-empty."""
+    producers = [p for p, _ in _chain(model)]
+    if not isinstance(plan, dict):
+        raise TypeError(f"{name} must be a dict position -> indices of the units to keep, got {type(plan).__name__}")
+    bad = [p for p in plan if isinstance(p, bool) or p not in producers]
+    if bad:
+        raise ValueError(f"{name} positions {bad} cannot be re-sized; only a Linear/Conv2d followed by another "
+                         f"can (positions {producers})")
+    out = {}
+    for p, idx in plan.items():
+        try:
+            idx = torch.as_tensor(idx)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name}[{p}] must be a 1-D tensor or list of unit indices, got {idx!r}") from None
+        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+            raise ValueError(f"{name}[{p}] must hold integer unit indices, got dtype {idx.dtype}")
+        if idx.dim() != 1:
+            raise ValueError(f"{name}[{p}] must be a 1-D list of unit indices, got shape {tuple(idx.shape)}")
+        if idx.numel() == 0:
+            raise ValueError(f"{name}[{p}] must keep at least one unit, got none")
+        n = _units(model[p])
+        if int(idx.min()) < 0 or int(idx.max()) >= n:
+            raise ValueError(f"{name}[{p}]: unit indices must be in [0, {n}), got {int(idx.min())} to {int(idx.max())}")
+        out[p] = idx.long()
+    return out
 
 
 def _slice(m: nn.Module, out_idx=None, in_idx=None, in_scale=None) -> nn.Module:
@@ -511,13 +673,17 @@ def select_channels(model: nn.Sequential, sparsity: float | dict[int, float], *,
     producers = [p for p, _ in pairs]
     per = sparsity if isinstance(sparsity, dict) else {p: sparsity for p in producers
                                                        if model[p].weight.requires_grad}
-    bad = set(per) - set(producers)
+    if not isinstance(per, dict):
+        raise TypeError(f"sparsity must be a fraction or a dict position -> fraction, got {type(per).__name__}")
+    bad = [p for p in per if isinstance(p, bool) or p not in producers]
     if bad:
-        raise ValueError(f"positions {sorted(bad)} are not prunable (the last layer is not); valid: {producers}")
+        raise ValueError(f"positions {bad} are not prunable (the last layer is not); valid: {producers}")
+    per = {p: check_sparsity(s) for p, s in per.items()}
+    get_importance(importance)
     keep = {}
     for p, s in per.items():
         n = _units(model[p])
-        n_keep = max(1, round((1 - check_sparsity(s)) * n))
+        n_keep = max(1, round((1 - s) * n))
         keep[p] = torch.topk(channel_scores(model[p], importance), n_keep).indices.sort().values
     return keep
 
@@ -532,6 +698,7 @@ def prune_channels(model: nn.Sequential, sparsity: float | dict[int, float], *,
 def mask_channels(model: nn.Sequential, keep: dict[int, torch.Tensor]) -> nn.Sequential:
     """The same-size copy with every pruned unit zeroed (weights, bias, BatchNorm scale and shift):
     it computes exactly what the shrunk model computes."""
+    keep = _check_plan(model, keep, "keep")
     out = copy.deepcopy(model)
     for p, c in _chain(model):
         if p not in keep:
@@ -554,10 +721,14 @@ def remove_blocks(model: nn.Module, names: Sequence[str]) -> nn.Module:
     Only blocks whose shortcut is the identity can go: such a block computes relu(F(x) + x), and
     its input x is already >= 0 (it left a ReLU), so without F it passes x through unchanged.
     """
+    _check_model(model)
+    if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+        raise ValueError(f"names must be a list of block names, got {names!r}; removable: "
+                         f"{', '.join(removable_blocks(model))}")
     out = copy.deepcopy(model)
     modules = dict(out.named_modules())
     for name in names:
-        block = modules.get(name)
+        block = modules.get(name) if isinstance(name, str) else None
         if block is None or not hasattr(block, "shortcut"):
             raise ValueError(f"{name!r} is not a residual block; removable: {', '.join(removable_blocks(model))}")
         if not isinstance(block.shortcut, nn.Identity):
@@ -576,18 +747,31 @@ def removable_blocks(model: nn.Module) -> list[str]:
 def resize_like(model: nn.Module, state_dict: dict) -> nn.Module:
     """Re-create `model`'s layers at the shapes in `state_dict` and load it (weights_only-safe:
     a pruned model is saved as a plain state dict and rebuilt from the original architecture)."""
+    _check_model(model)
+    if not isinstance(state_dict, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                   for k, v in state_dict.items()):
+        raise TypeError(f"state_dict must be a dict of name -> tensor (model.state_dict()), got "
+                        f"{type(state_dict).__name__}")
+
+    def weight(name: str) -> torch.Tensor:
+        if name + ".weight" not in state_dict:
+            raise ValueError(f"state_dict has no {name + '.weight'!r}, which layer {name!r} of "
+                             f"{type(model).__name__} needs: is it this architecture's state dict?")
+        return state_dict[name + ".weight"]
+
     def visit(parent: nn.Module, prefix: str) -> None:
         for leaf, m in parent.named_children():
             name = prefix + leaf
             if any(True for _ in m.parameters()) and not any(k.startswith(name + ".") for k in state_dict):
                 setattr(parent, leaf, nn.Identity())               # a removed block
-            elif isinstance(m, PRUNABLE) and state_dict[name + ".weight"].shape != m.weight.shape:
-                w = state_dict[name + ".weight"]
+            elif isinstance(m, PRUNABLE) and weight(name).shape != m.weight.shape:
+                w = weight(name)
                 setattr(parent, leaf, _slice(m, out_idx=torch.zeros(w.shape[0], dtype=torch.long),
                                              in_idx=torch.zeros(w.shape[1], dtype=torch.long),
                                              in_scale=torch.ones(w.shape[1])))
-            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and state_dict[name + ".weight"].shape != m.weight.shape:
-                setattr(parent, leaf, _slice_bn(m, torch.zeros(len(state_dict[name + ".weight"]), dtype=torch.long)))
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.weight is not None \
+                    and weight(name).shape != m.weight.shape:
+                setattr(parent, leaf, _slice_bn(m, torch.zeros(len(weight(name)), dtype=torch.long)))
             else:
                 visit(m, name + ".")
     model = copy.deepcopy(model)
@@ -601,12 +785,12 @@ def widen(model: nn.Sequential, position: int, width: int, *, seed: int = 0) -> 
     existing units; the next layer's weights from each copy are divided by the number of copies,
     so the widened network computes the same function."""
     producers = [p for p, _ in _chain(model)]
+    position = validate.integer("position", position, what=f"a layer's index in the Sequential, one of {producers}")
     if position not in producers:
         raise ValueError(f"position {position} cannot be widened; valid positions: {producers}")
     n = _units(model[position])
-    if not isinstance(width, int) or width < n:
-        raise ValueError(f"width must be an integer >= the current {n} units, got {width!r}")
-    g = torch.Generator().manual_seed(seed)
+    width = validate.integer("width", width, low=n, what=f"the current {n} units or more")
+    g = torch.Generator().manual_seed(check_seed(seed))
     idx = torch.cat([torch.arange(n), torch.randint(0, n, (width - n,), generator=g)])
     return shrink(model, {position: idx})
 
@@ -614,11 +798,12 @@ def widen(model: nn.Sequential, position: int, width: int, *, seed: int = 0) -> 
 def deepen(model: nn.Sequential, position: int) -> nn.Sequential:
     """Net2DeeperNet: insert an identity layer (Linear = I, or a Dirac 3x3 conv) and a ReLU after
     the ReLU at `position`; its input is >= 0, so relu(I x) = x and the function is unchanged."""
+    _chain(_check_model(model))
     layers = list(model)
+    position = validate.integer("position", position, what="the index of a ReLU in the Sequential")
     if not 0 <= position < len(layers) or not isinstance(layers[position], nn.ReLU):
         raise ValueError(f"position {position} must be a ReLU in the model; ReLUs at "
                          f"{[i for i, m in enumerate(layers) if isinstance(m, nn.ReLU)]}")
-    _chain(model)
     before = [m for m in layers[:position] if isinstance(m, PRUNABLE + (nn.Flatten,))]
     last = before[-1] if before else None
     device = next(model.parameters()).device
