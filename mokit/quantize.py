@@ -205,28 +205,50 @@ def int8_linear(x_q: QTensor, w_q: QTensor, bias: torch.Tensor | None, out_scale
     return (torch.round(acc.double() * multiplier) + out_zero_point).clamp(0, 255).to(torch.int32)
 
 
+# The engine of the reference kernel. qnnpack accumulates u8 x s8 products in int32 straight away, so
+# it is exact for full-range uint8 activations. fbgemm / x86 on a CPU without VNNI (AVX2 only) sums
+# adjacent products pairwise in a saturating int16 (vpmaddubsw): 255 * 127 + 255 * 127 = 64770 clips
+# to 32767. PyTorch's own x86/fbgemm qconfigs avoid that with reduce_range=True (7-bit activations);
+# a 0..255 activation here would not, and one clipped pair moved an output by 36 steps.
+REFERENCE_ENGINE = "qnnpack"
+
+
 def torch_int8_linear(x_q: QTensor, w_q: QTensor, bias: torch.Tensor | None, out_scale: float,
-                      out_zero_point: int) -> torch.Tensor:
+                      out_zero_point: int, *, engine: str | None = None) -> torch.Tensor:
     """The same layer through PyTorch's quantized Linear kernel (the reference): uint8 integers.
 
-    PyTorch's int8 kernels are CPU kernels: the layer runs on the CPU, the result returns to x's device.
+    engine: the quantized engine to run (default REFERENCE_ENGINE, qnnpack: int32 accumulation,
+    exact on full-range uint8 input; falls back to ENGINE where qnnpack is not built). "x86" /
+    "fbgemm" on an AVX2-only CPU saturate int16 pair sums and can differ by many steps when
+    activations use all 8 bits (their qconfigs use reduce_range=True, 7-bit activations, for this).
+    PyTorch's int8 kernels are CPU kernels: the layer runs on the CPU, the result returns to x's
+    device. The process-wide quantized engine is restored afterwards.
     """
+    supported = torch.backends.quantized.supported_engines
+    if engine is None:
+        engine = REFERENCE_ENGINE if REFERENCE_ENGINE in supported else ENGINE
+    validate.choice("engine", engine, [e for e in supported if e != "none"])
     device = x_q.q.device
     x_q, w_q = _cpu_qtensor(x_q), _cpu_qtensor(w_q)
-    bias = None if bias is None else bias.detach().cpu()
+    bias = None if bias is None else bias.detach().float().cpu()
     w = w_q.dequantize()
+    previous = torch.backends.quantized.engine
     with _quiet_ao():
-        torch.backends.quantized.engine = ENGINE
-        layer = torch.ao.nn.quantized.Linear(w.shape[1], w.shape[0])
-        if w_q.axis is None:
-            qw = torch.quantize_per_tensor(w, float(w_q.scale), int(w_q.zero_point), torch.qint8)
-        else:
-            qw = torch.quantize_per_channel(w, w_q.scale.double(), w_q.zero_point.long(), w_q.axis, torch.qint8)
-        layer.set_weight_bias(qw, bias)
-        layer.scale, layer.zero_point = float(out_scale), int(out_zero_point)
-        x = x_q.dequantize()
-        qx = torch.quantize_per_tensor(x, float(x_q.scale), int(x_q.zero_point), torch.quint8)
-        return layer(qx).int_repr().to(torch.int32).to(device)
+        torch.backends.quantized.engine = engine
+        try:
+            layer = torch.ao.nn.quantized.Linear(w.shape[1], w.shape[0])
+            if w_q.axis is None:
+                qw = torch.quantize_per_tensor(w, float(w_q.scale), int(w_q.zero_point), torch.qint8)
+            else:
+                qw = torch.quantize_per_channel(w, w_q.scale.double(), w_q.zero_point.long(), w_q.axis,
+                                                torch.qint8)
+            layer.set_weight_bias(qw, bias)
+            layer.scale, layer.zero_point = float(out_scale), int(out_zero_point)
+            x = x_q.dequantize()
+            qx = torch.quantize_per_tensor(x, float(x_q.scale), int(x_q.zero_point), torch.quint8)
+            return layer(qx).int_repr().to(torch.int32).to(device)
+        finally:
+            torch.backends.quantized.engine = previous
 
 
 def _cpu_qtensor(t: QTensor) -> QTensor:

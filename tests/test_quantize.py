@@ -288,6 +288,51 @@ def test_torch_int8_linear_reference_agrees(axis):
     assert (ours - Q.torch_int8_linear(xq, wq, b, float(s), int(z))).abs().max() <= 1
 
 
+def _saturating_case():
+    """uint8 activations at 254 and int8 weights at 127 on adjacent inputs: one pair sums to 64516."""
+    x = torch.tensor([[1.0, 1.0, -1.0, -1.0], [0.5, -0.5, 0.25, 1.0]])
+    w = torch.tensor([[1.0, 1.0, 0.1, -0.2], [0.3, -1.0, 0.5, 0.2]])
+    xq, wq = Q.quantize_tensor(x, 8), Q.quantize_tensor(w, 8, symmetric=True, axis=0)
+    y = x @ w.T
+    s, z = Q.compute_qparams(y.min(), y.max(), 8)
+    return xq, wq, float(s), int(z)
+
+
+def test_torch_int8_linear_reference_exact_on_full_range_activations():
+    xq, wq, s, z = _saturating_case()
+    assert int(xq.q.max()) >= 254 and int(wq.q.max()) == 127
+    before = torch.backends.quantized.engine
+    ours = Q.int8_linear(xq, wq, None, s, z)
+    assert torch.equal(Q.torch_int8_linear(xq, wq, None, s, z), ours)
+    assert torch.backends.quantized.engine == before                  # the process's engine is kept
+    with pytest.raises(ValueError, match="unknown engine 'tpu'"):
+        Q.torch_int8_linear(xq, wq, None, s, z, engine="tpu")
+
+
+def test_x86_engine_differs_only_by_int16_pair_saturation():
+    """Why x86/fbgemm is not the reference: without VNNI it adds u8 x s8 products pairwise in a
+    saturating int16 (vpmaddubsw). Its output is either exact (VNNI CPUs) or exactly that emulation."""
+    if "x86" not in torch.backends.quantized.supported_engines:
+        pytest.skip("no x86 quantized engine")
+    torch.manual_seed(1)                                              # the seed that showed 36 steps
+    cases = [_saturating_case()]
+    x, w = torch.randn(8, 30), torch.randn(5, 30) * 0.3
+    xq, wq = Q.quantize_tensor(x, 8), Q.quantize_tensor(w, 8, symmetric=True, axis=0)
+    y = x @ w.T
+    s, z = Q.compute_qparams(y.min(), y.max(), 8)
+    cases.append((xq, wq, float(s), int(z)))
+    for xq, wq, s, z in cases:
+        qx, qw = xq.q.long(), wq.q.long()
+        prod = qx[:, None, :] * qw[None, :, :]                        # (N, O, I) raw uint8 x int8
+        pairs = prod[..., 0::2] + prod[..., 1::2]
+        acc = {"exact": pairs.sum(-1), "int16": pairs.clamp(-32768, 32767).sum(-1)}
+        expect = {k: (torch.round((a - xq.zero_point.long() * qw.sum(1)).double() * xq.scale.double()
+                                  * wq.scale.double() / s) + z).clamp(0, 255).int() for k, a in acc.items()}
+        x86 = Q.torch_int8_linear(xq, wq, None, s, z, engine="x86")
+        assert torch.equal(x86, expect["exact"]) or torch.equal(x86, expect["int16"])
+        assert torch.equal(Q.torch_int8_linear(xq, wq, None, s, z), expect["exact"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Device flow: everything is built on the input's device (no GPU here: a wrong default device
 # stands in for it - any tensor created without device=... lands on "meta" and breaks the run)
