@@ -8,46 +8,95 @@ from __future__ import annotations
 
 import json
 import math
-from numbers import Number
+import os
+from contextlib import contextmanager
+from decimal import Decimal
+from numbers import Integral, Real
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .data import atomic_write_bytes, runs_root
 
+try:
+    import fcntl
+except ImportError:        # Windows: no advisory locks
+    fcntl = None
+
 
 def results_path(notebook: str) -> Path:
     """The JSON file that holds `notebook`'s recorded numbers."""
-    if not notebook or "/" in notebook or notebook.startswith("."):
+    if not isinstance(notebook, str) or not notebook or notebook.startswith(".") \
+            or any(c in notebook for c in "/\\\0"):
         raise ValueError(f"notebook name must be a plain file stem like '00_setup_and_baselines', got {notebook!r}")
     return runs_root() / "results" / f"{notebook}.json"
 
 
-def _plain(value):
-    """Tensors, numpy scalars, tuples and dicts of them -> JSON-able Python values."""
+def _plain(value, name: str):
+    """Tensors, NumPy arrays and scalars, tuples and dicts of them -> JSON-able Python values.
+
+    `name` says where the value sits (`key`, `key.sub`, `key[2]`) in the error a non-finite number
+    (NaN, inf of any numeric type) or a value JSON cannot hold raises.
+    """
     if torch.is_tensor(value):
-        return _plain(value.tolist())
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):   # numpy scalars
-        return value.item()
+        return _plain(value.tolist(), name)
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist(), name)
+    if isinstance(value, (np.bool_, np.integer, np.floating)):     # NumPy scalars (longdouble too)
+        value = bool(value) if isinstance(value, np.bool_) else int(value) if isinstance(value, np.integer) \
+            else float(value)
+    elif isinstance(value, np.generic):                             # datetime64, str_, ...: Python's own
+        item = value.item()
+        if isinstance(item, np.generic):
+            raise TypeError(f"cannot record {name}: a {type(value).__name__} ({value!r})")
+        return _plain(item, name)
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _plain(v, f"{name}.{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Number) and not isinstance(value, bool) and not math.isfinite(value):
-        raise ValueError(f"refusing to record a non-finite number: {value}")
-    if value is None or isinstance(value, (bool, int, float, str)):
+        return [_plain(v, f"{name}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (bool, str)):
         return value
-    raise TypeError(f"cannot record a {type(value).__name__}: {value!r}")
+    if isinstance(value, Integral):
+        return int(value)
+    if isinstance(value, (Real, Decimal)):
+        number = float(value)
+        if not math.isfinite(number) or (isinstance(value, Decimal) and not value.is_finite()):
+            raise ValueError(f"refusing to record a non-finite number: {name} = {value!r} "
+                             f"(JSON holds finite numbers only)")
+        return number
+    raise TypeError(f"cannot record {name}: a {type(value).__name__} ({value!r}); record numbers, strings, "
+                    f"bools, None, tensors, NumPy arrays, or lists / dicts of them")
+
+
+@contextmanager
+def _locked(path: Path):
+    """An exclusive flock on <path's folder>/.<name>.lock while the block runs (no-op without fcntl)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)                                        # releases the lock
 
 
 def record(notebook: str, **numbers) -> dict:
-    """Merge `numbers` into the notebook's results file (atomically) and return everything recorded."""
+    """Merge `numbers` into the notebook's results file and return everything recorded.
+
+    Every value is checked and converted first (nothing is written if one is refused); then the
+    file is read, merged and atomically replaced under an exclusive lock, so concurrent writers
+    (several processes or threads) lose no update.
+    """
+    path = results_path(notebook)
     if not numbers:
         raise ValueError("record() needs at least one name=value")
-    path = results_path(notebook)
-    current = load_results(notebook) if path.exists() else {}
-    current.update({k: _plain(v) for k, v in numbers.items()})
-    atomic_write_bytes(path, json.dumps(current, indent=2, sort_keys=True).encode())
+    plain = {k: _plain(v, k) for k, v in numbers.items()}
+    with _locked(path):
+        current = load_results(notebook)
+        current.update(plain)
+        atomic_write_bytes(path, json.dumps(current, indent=2, sort_keys=True, allow_nan=False).encode())
     return current
 
 
