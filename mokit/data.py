@@ -17,7 +17,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
+import socket
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -62,11 +65,68 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)                       # read once (os.umask can only be read by setting it)
 
 
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]   # names this machine in temp files
+STALE_TMP_SECONDS = 3600               # a temp file untouched this long is never being written now
+
+
+def _tmp_prefix(path: Path) -> str:
+    """Temp files of `path` are .<name>.<pid>@<host>.<random>.tmp: they name the process writing them."""
+    return f".{path.name}.{os.getpid()}@{_HOST}."
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":                # os.kill(pid, 0) would terminate it there: assume it lives
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                    # e.g. another user's process: alive
+        return True
+    return True
+
+
+def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Remove the temp files a killed atomic write of `path` left behind; returns those removed.
+
+    Only `path`'s own pattern (.<name>.<pid>@<host>.<random>.tmp, or an older mokit's
+    .<name>.<random>.tmp) counts, and only a file no writer owns now: its writer's pid (on this
+    machine) is dead, or nothing touched it for STALE_TMP_SECONDS (another machine's or an older
+    mokit's file, or a reused pid).
+    """
+    path = Path(path)
+    own = re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)@([0-9a-f]{{6}})\.)?[a-z0-9_]+\.tmp")
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        m = own.fullmatch(entry.name)
+        try:
+            if not m or not entry.is_file(follow_symlinks=False):
+                continue
+            pid, host = m.groups()
+            dead = pid is not None and host == _HOST and int(pid) != os.getpid() and not _pid_alive(int(pid))
+            if dead or now - entry.stat(follow_symlinks=False).st_mtime > STALE_TMP_SECONDS:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:                # gone already (another writer cleaned it), or not ours to remove
+            continue
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
-    """Write `payload` to `path` via a temp file + rename, so a crash never leaves half a file."""
+    """Write `payload` to `path` via a temp file + rename, so a crash never leaves half a file.
+
+    The temp file names its writer (pid and machine); stale ones that killed writes of `path` left
+    are removed first (see remove_stale_temp_files).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temp_files(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
