@@ -10,13 +10,17 @@ Endpoints: POST /predict {"images": [[[...]]]} -> {"classes", "probabilities", "
 GET /metrics (Prometheus text: requests by endpoint and status, latency histogram, model version);
 POST /model {"path", "version"} loads and checks the new file fully, then swaps one reference
 under a lock: requests already running keep the session they started with, none fails.
-GET /health -> {"status": "ok", "version"}. Bad input -> 4xx with {"detail": "<what and what is allowed>"}.
+GET /health -> {"status": "ok", "version"}. Bad input -> 4xx with {"detail": "<what and what is allowed>"}:
+any malformed, too deeply nested, oversized or wrongly typed request (POST bodies must be application/json).
+/metrics labels are bounded and escaped: a path that is not an endpoint counts as endpoint="other", and a
+version is 1-64 letters, digits and . _ + - (checked at start and on every swap).
 """
 
 import argparse
 import http.client
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -32,9 +36,13 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from . import validate
+
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)   # seconds
 MAX_BODY_BYTES = 2_000_000     # a batch of 64 MNIST images as JSON is ~1 MB
 MAX_BATCH = 256
+VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")   # model versions: also /metrics label values
+OTHER_ENDPOINT = "other"       # the /metrics label of every path that is not an endpoint (bounded label set)
 INPUT, OUTPUT = "input", "logits"   # tensor names inside every ONNX file mokit exports
 
 
@@ -44,6 +52,33 @@ INPUT, OUTPUT = "input", "logits"   # tensor names inside every ONNX file mokit 
 
 class TooLarge(ValueError):
     """Input that is well-formed but over a size limit (HTTP 413)."""
+
+
+def check_version(version, name: str = "version") -> str:
+    """A model version: 1-64 characters, letters, digits and . _ + - (starting with a letter or digit)."""
+    if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
+        shown = version if not isinstance(version, str) or len(version) <= 80 else f"{version[:80]}... ({len(version)} chars)"
+        raise ValueError(f"{name} must be 1-64 characters: letters, digits and . _ + - (starting with a letter "
+                         f"or digit), got {shown!r}")
+    return version
+
+
+def check_settings(model_path, *, version: str = "v1", threads: "int | None" = 1,
+                   max_body_bytes: int = MAX_BODY_BYTES, max_batch: int = MAX_BATCH, model_dir=None,
+                   cli: bool = False) -> dict:
+    """The service settings, checked before any work (no model loaded, no process started): ValueError
+    naming a bad value, FileNotFoundError for a missing model file or model folder (cli: named as flags)."""
+    name = (lambda k: "--" + k.replace("_", "-")) if cli else (lambda k: k)    # noqa: E731
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"no ONNX model file at {model_path}")
+    if model_dir is not None and not Path(model_dir).is_dir():
+        raise FileNotFoundError(f"{name('model_dir')} must be an existing folder (swaps load files from it), "
+                                f"got {str(model_dir)!r}: no such folder")
+    return {"model_path": model_path, "version": check_version(version, name("version")),
+            "threads": None if threads is None else validate.integer(name("threads"), threads, low=1, what="or None"),
+            "max_body_bytes": validate.integer(name("max_body_bytes"), max_body_bytes, low=1),
+            "max_batch": validate.integer(name("max_batch"), max_batch, low=1), "model_dir": model_dir}
 
 
 def load_session(path: "str | os.PathLike", *, threads: "int | None" = 1):
@@ -111,9 +146,10 @@ class ModelSlot:
         self.threads = threads
         self.model_dir = Path(model_dir or Path(path).parent).resolve()
         self._lock = threading.Lock()
+        version = check_version(version)
         model = OrtModel(path, threads=threads)
         self.in_shape, self.num_classes = model.in_shape, self._check(model)
-        self._current = (model, str(version))
+        self._current = (model, version)
         self.swaps = 0
 
     def current(self) -> tuple[OrtModel, str]:
@@ -129,12 +165,13 @@ class ModelSlot:
 
     def swap(self, path: str | os.PathLike, version: str) -> dict:
         """Replace the served model by the file at `path` (under model_dir) or raise, changing nothing."""
+        version = check_version(version)
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a file name (a string), got {type(path).__name__}")
         path = Path(path).resolve()
         if not path.is_relative_to(self.model_dir):
             raise PermissionError(f"{path} is outside the model folder {self.model_dir}; only files there may be served")
-        if not version or not isinstance(version, str):
-            raise ValueError(f"version must be a non-empty string, got {version!r}")
-        model = OrtModel(path, threads=self.threads)          # FileNotFoundError / ValueError
+        model = OrtModel(path, threads=self.threads)          # FileNotFoundError / ValueError / OSError
         if model.in_shape != self.in_shape:
             raise ValueError(f"{path.name} takes inputs {model.in_shape}; the service takes {self.in_shape}")
         if (k := self._check(model)) != self.num_classes:
@@ -146,8 +183,15 @@ class ModelSlot:
         return {"version": version, "previous": old, "path": str(path)}
 
 
+def label_value(value) -> str:
+    """A label value escaped as the Prometheus text format says: backslash, double quote, line feed."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 class Metrics:
-    """Prometheus counters: requests by (endpoint, status) and a latency histogram per endpoint."""
+    """Prometheus counters: requests by (endpoint, status) and a latency histogram per endpoint.
+
+    Label values are escaped; the caller keeps the endpoint set bounded (create_app: OTHER_ENDPOINT)."""
 
     def __init__(self, buckets: Sequence[float] = BUCKETS):
         self.buckets = tuple(buckets)
@@ -169,17 +213,17 @@ class Metrics:
                "# TYPE mokit_requests_total counter"]
         with self._lock:
             for (ep, status), n in sorted(self.requests.items()):
-                out.append(f'mokit_requests_total{{endpoint="{ep}",status="{status}"}} {n}')
+                out.append(f'mokit_requests_total{{endpoint="{label_value(ep)}",status="{label_value(status)}"}} {n}')
             out += ["# HELP mokit_request_latency_seconds Time to answer a request.",
                     "# TYPE mokit_request_latency_seconds histogram"]
             for ep, counts in sorted(self.hist.items()):
-                cum = np.cumsum(counts).tolist()
+                cum, ep = np.cumsum(counts).tolist(), label_value(ep)
                 for b, c in zip([*map(str, self.buckets), "+Inf"], cum):
                     out.append(f'mokit_request_latency_seconds_bucket{{endpoint="{ep}",le="{b}"}} {c}')
                 out.append(f'mokit_request_latency_seconds_sum{{endpoint="{ep}"}} {self.sums[ep]:.6f}')
                 out.append(f'mokit_request_latency_seconds_count{{endpoint="{ep}"}} {cum[-1]}')
         out += ["# HELP mokit_model_info The model version being served.", "# TYPE mokit_model_info gauge",
-                f'mokit_model_info{{version="{version}"}} 1',
+                f'mokit_model_info{{version="{label_value(version)}"}} 1',
                 "# HELP mokit_model_swaps_total Successful model swaps.", "# TYPE mokit_model_swaps_total counter",
                 f"mokit_model_swaps_total {swaps}"]
         return "\n".join(out) + "\n"
@@ -189,19 +233,27 @@ class Metrics:
 # 2. The app
 # ---------------------------------------------------------------------------------------------
 
+def parse_json(payload: bytes, expected: str):
+    """The JSON value of a request body, else ValueError: not UTF-8 / JSON, a number over Python's digit
+    limit, or nesting too deep for the parser (RecursionError, which would otherwise answer 500)."""
+    try:
+        return json.loads(payload)
+    except RecursionError:
+        raise ValueError(f"body is nested too deeply to parse; send {expected}") from None
+    except ValueError as e:                  # JSONDecodeError, UnicodeDecodeError, int digit limit
+        raise ValueError(f"body is not valid JSON ({str(e)[:200]}); send {expected}") from None
+
+
 def parse_images(payload: bytes, in_shape: Sequence[int], max_batch: int = MAX_BATCH) -> np.ndarray:
     """JSON {"images": nested list (B, *in_shape)} -> float32 array, else ValueError saying what is wrong."""
-    try:
-        body = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"body is not valid JSON ({e}); send {{\"images\": [...]}}") from None
+    body = parse_json(payload, '{"images": [...]}')
     if not isinstance(body, dict) or "images" not in body:
         raise ValueError(f"JSON must be an object with key 'images'; got {type(body).__name__}"
                          + (f" with keys {sorted(body)}" if isinstance(body, dict) else ""))
     try:
         x = np.asarray(body["images"])
-    except ValueError as e:
-        raise ValueError(f"images must be a rectangular nested list of numbers ({e})") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:
+        raise ValueError(f"images must be a rectangular nested list of numbers ({str(e)[:200]})") from None
     if x.dtype == object:
         raise ValueError("images must be a rectangular nested list of numbers (rows of different lengths)")
     if x.dtype.kind == "b":
@@ -226,22 +278,30 @@ def create_app(model_path: str | os.PathLike, *, version: str = "v1", threads: i
     from fastapi.responses import PlainTextResponse
     from starlette.concurrency import run_in_threadpool
 
+    settings = check_settings(model_path, version=version, threads=threads, max_body_bytes=max_body_bytes,
+                              max_batch=max_batch, model_dir=model_dir)
+    threads, max_body_bytes, max_batch = settings["threads"], settings["max_body_bytes"], settings["max_batch"]
     slot, metrics = ModelSlot(model_path, version, threads=threads, model_dir=model_dir), Metrics()
     app = FastAPI(title="mokit model service")
     app.state.slot, app.state.metrics = slot, metrics
+    endpoints: set[str] = set()          # filled below, once every route exists
 
     @app.middleware("http")
     async def count(request: Request, call_next):
         t0 = time.perf_counter()
+        endpoint = request.url.path if request.url.path in endpoints else OTHER_ENDPOINT
         try:
             response = await call_next(request)
         except Exception:                  # counted as the 500 the client gets, then re-raised
-            metrics.observe(request.url.path, 500, time.perf_counter() - t0)
+            metrics.observe(endpoint, 500, time.perf_counter() - t0)
             raise
-        metrics.observe(request.url.path, response.status_code, time.perf_counter() - t0)
+        metrics.observe(endpoint, response.status_code, time.perf_counter() - t0)
         return response
 
     async def read_body(request: Request) -> bytes:
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            raise HTTPException(415, f"Content-Type {media_type or '(none)'!r}; allowed: application/json")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
             raise HTTPException(413, f"body of {int(declared):,} bytes; allowed: at most {max_body_bytes:,}")
@@ -271,24 +331,28 @@ def create_app(model_path: str | os.PathLike, *, version: str = "v1", threads: i
 
     @app.post("/model")
     async def swap_endpoint(request: Request) -> dict:
+        expected = '{"path": "<file.onnx>", "version": "<name>"}'
         try:
-            body = json.loads(await read_body(request))
-            path, new_version = body["path"], body["version"]
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError):
-            raise HTTPException(422, 'send JSON {"path": "<file.onnx>", "version": "<name>"}') from None
+            body = parse_json(await read_body(request), expected)
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+        if not isinstance(body, dict) or "path" not in body or "version" not in body:
+            raise HTTPException(422, f"send JSON {expected}")
+        path, new_version = body["path"], body["version"]
         try:
             return await run_in_threadpool(slot.swap, path, new_version)
         except FileNotFoundError as e:
             raise HTTPException(404, f"swap refused, still serving {slot.current()[1]}: {e}") from None
         except PermissionError as e:
             raise HTTPException(403, f"swap refused, still serving {slot.current()[1]}: {e}") from None
-        except (ValueError, TypeError) as e:
-            raise HTTPException(422, f"swap refused, still serving {slot.current()[1]}: {e}") from None
+        except (ValueError, TypeError, OSError) as e:     # OSError: e.g. a file name too long
+            raise HTTPException(422, f"swap refused, still serving {slot.current()[1]}: {str(e)[:500]}") from None
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics_endpoint() -> str:
         return metrics.render(slot.current()[1], slot.swaps)
 
+    endpoints.update(route.path for route in app.routes)      # fixed paths only: a bounded label set
     return app
 
 
@@ -324,9 +388,12 @@ class Server:
     def __init__(self, model_path: str | os.PathLike, *, version: str = "v1", threads: int = 1,
                  host: str = "127.0.0.1", port: int | None = None, max_body_bytes: int = MAX_BODY_BYTES,
                  model_dir: str | os.PathLike | None = None, startup_timeout: float = 60.0):
-        self.model_path = Path(model_path)
-        if not self.model_path.is_file():
-            raise FileNotFoundError(f"no ONNX model file at {self.model_path}")
+        settings = check_settings(model_path, version=version, threads=threads, max_body_bytes=max_body_bytes,
+                                  model_dir=model_dir)
+        if port is not None:
+            port = validate.integer("port", port, low=1, high=65535, what="or None: a free one")
+        startup_timeout = validate.number("startup_timeout", startup_timeout, low=0, low_open=True)
+        self.model_path, threads, max_body_bytes = settings["model_path"], settings["threads"], settings["max_body_bytes"]
         self.version, self.threads, self.host, self.port = version, threads, host, port
         self.max_body_bytes, self.model_dir, self.startup_timeout = max_body_bytes, model_dir, startup_timeout
         self.proc: subprocess.Popen | None = None
@@ -418,6 +485,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--model-dir", default=None, help="swaps may load files from here (default: the model's folder)")
     ap.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     args = ap.parse_args(argv)
+    try:                       # every value checked before anything starts; argparse prints the error, exits 2
+        check_settings(args.model, version=args.version, threads=args.threads, max_body_bytes=args.max_body_bytes,
+                       model_dir=args.model_dir, cli=True)
+        validate.integer("--port", args.port, low=1, high=65535)
+    except (ValueError, OSError) as e:
+        ap.error(str(e))
     if args.parent_pid is not None:
         _exit_with_parent(args.parent_pid)
     app = create_app(args.model, version=args.version, threads=args.threads,

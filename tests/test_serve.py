@@ -66,6 +66,10 @@ BAD = {
     "NaN": (json.dumps({"images": [[[[float("nan")] * 28] * 28]]}).encode(), 422, "NaN or infinity"),
     "batch too big": (S.encode_images(np.zeros((5, *IMG))), 413, "at most 4 per request"),
     "oversized body": (b" " * 300_000, 413, "allowed: at most 200,000"),
+    "5000-deep arrays": (b"[" * 5000 + b"]" * 5000, 422, "nested too deeply"),
+    "5000-deep images": (b'{"images": ' + b"[" * 5000 + b"]" * 5000 + b"}", 422, "nested too deeply"),
+    "100-deep images": (b'{"images": ' + b"[" * 100 + b"0" + b"]" * 100 + b"}", 422, "rectangular nested list"),
+    "5000-digit number": (b'{"images": [' + b"9" * 5000 + b"]}", 422, "not valid JSON.*digits"),
 }
 
 
@@ -75,6 +79,108 @@ def test_bad_input_gets_a_clear_4xx(client, case):
     status, detail = _post(client, body)
     assert status == code, detail
     assert re.search(message, detail), detail
+
+
+@pytest.mark.parametrize("body", [b"[" * 5000 + b"]" * 5000, b'{"a":' * 5000 + b"1" + b"}" * 5000,
+                                  b'{"path": ' + b"[" * 5000 + b"]" * 5000 + b', "version": "v2"}',
+                                  b'{"path": ' + b"9" * 5000 + b', "version": "v2"}'],
+                         ids=["arrays", "objects", "nested path", "5000-digit path"])
+def test_nested_or_huge_json_to_model_is_a_422(client, body):
+    status, detail = _post(client, body, "/model")
+    assert status == 422 and re.search("nested too deeply|not valid JSON", detail), detail
+    assert client.get("/health").json()["version"] == "v1"
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None])
+def test_post_bodies_must_be_json(client, models, ctype):
+    """A browser page can POST text/plain cross-origin without asking; JSON needs a preflight."""
+    bodies = {"/predict": S.encode_images(torch.zeros(1, *IMG)),
+              "/model": json.dumps({"path": str(models / "v2.onnx"), "version": "v2"}).encode()}
+    for path, body in bodies.items():
+        r = client.post(path, content=body, headers={"Content-Type": ctype} if ctype else {})
+        assert r.status_code == 415 and "allowed: application/json" in r.json()["detail"], r.text
+    assert client.get("/health").json()["version"] == "v1"
+    r = client.post("/predict", content=bodies["/predict"], headers={"Content-Type": "application/json; charset=utf-8"})
+    assert r.status_code == 200
+
+
+def test_crafted_versions_and_paths_are_refused(client, models):
+    v2 = str(models / "v2.onnx")
+    for version in ['v2"} 1\nmokit_injected_total 1', "v" * 65, "", " v2", "v2\n", "-v2", 2, None, ["v2"]]:
+        status, detail = _post(client, json.dumps({"path": v2, "version": version}).encode(), "/model")
+        assert status == 422 and "version must be 1-64 characters" in detail, (version, detail)
+    for path, code in [(str(models / ("a" * 5000)), 422), (str(models / "v\x002.onnx"), 422), (5, 422),
+                       (None, 422), (str(models), 404)]:
+        status, detail = _post(client, json.dumps({"path": path, "version": "v3"}).encode(), "/model")
+        assert status == code and "swap refused, still serving v1" in detail, (path, detail)
+    assert client.get("/health").json() == {"status": "ok", "version": "v1"}
+
+
+def test_metrics_labels_are_escaped_and_bounded(client):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    m = S.Metrics(buckets=(0.1,))
+    m.observe('/a"}\\ 1\nx 1', 404, 0.01)
+    text = m.render('v"3\\\n', swaps=0)
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    assert {s.labels.get("endpoint") for s in samples} == {'/a"}\\ 1\nx 1', None}
+    assert [s.labels for s in samples if s.name == "mokit_model_info"] == [{"version": 'v"3\\\n'}]
+    assert 'endpoint="/a\\"}\\\\ 1\\nx 1"' in text
+
+    client.get("/unknown/first"), client.get("/metrics")            # the "other" and /metrics series exist now
+    before = len(client.get("/metrics").text)
+    for path in ["/a%22%7D%201", "/x%22%7D%201%0Amokit_injected_total%201", *(f"/unknown/{i}" for i in range(50))]:
+        assert client.get(path).status_code == 404
+    text = client.get("/metrics").text
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    assert {s.labels["endpoint"] for s in samples if "endpoint" in s.labels} <= {"/predict", "/model", "/metrics",
+                                                                               "/health", "other"}
+    assert not any("injected" in s.name for s in samples)
+    assert len(text) - before < 100                  # counts grow by a digit or two; no new series
+
+
+def test_bad_settings_are_refused_before_any_work(models, tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(S.subprocess, "Popen", lambda *a, **kw: started.append(a))
+    v1 = models / "v1.onnx"
+    cases = [(dict(max_body_bytes=-1), ValueError, "max_body_bytes must be an integer >= 1, got -1"),
+             (dict(max_body_bytes=True), ValueError, "max_body_bytes must be an integer"),
+             (dict(threads=0), ValueError, "threads must be an integer >= 1"),
+             (dict(version='v"}'), ValueError, "version must be 1-64 characters"),
+             (dict(model_dir=tmp_path / "nope"), FileNotFoundError, "model_dir must be an existing folder.*nope"),
+             (dict(port=70000), ValueError, "port must be an integer in \\[1, 65535\\]"),
+             (dict(startup_timeout=float("nan")), ValueError, "startup_timeout must be a finite number > 0")]
+    for kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            S.Server(v1, **kwargs).start()
+        if "port" not in kwargs and "startup_timeout" not in kwargs:
+            with pytest.raises(error, match=message):
+                S.create_app(v1, **kwargs)
+    assert started == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-body-bytes", "-1"], "--max-body-bytes must be an integer >= 1, got -1"),
+    (["--max-body-bytes", "0"], "--max-body-bytes must be an integer >= 1, got 0"),
+    (["--model-dir", "/no/such/folder"], "--model-dir must be an existing folder .*'/no/such/folder'"),
+    (["--threads", "0"], "--threads must be an integer >= 1"),
+    (["--port", "70000"], "--port must be an integer in \\[1, 65535\\], got 70000"),
+    (["--version", "v1\"} 1"], "--version must be 1-64 characters"),
+])
+def test_command_line_refuses_bad_values(models, capsys, monkeypatch, args, message):
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: pytest.fail("the server started"))
+    with pytest.raises(SystemExit) as exit_:
+        S.main([str(models / "v1.onnx"), *args])
+    assert exit_.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_command_line_refuses_a_missing_model(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        S.main([str(tmp_path / "gone.onnx")])
+    assert "no ONNX model file at" in capsys.readouterr().err
 
 
 def test_refused_swaps_keep_the_old_model(client, models, tmp_path):
