@@ -53,10 +53,31 @@ def qrange(num_bits: int, symmetric: bool = False) -> tuple[int, int]:
 def _check_axis(x: torch.Tensor, axis: int | None) -> int | None:
     if axis is None:
         return None
-    if not isinstance(axis, int) or not -x.dim() <= axis < x.dim():
+    if isinstance(axis, bool) or not isinstance(axis, int) or not -x.dim() <= axis < x.dim():
         raise ValueError(f"axis {axis!r} does not exist for a tensor of shape {tuple(x.shape)}; "
                          f"use None (per-tensor) or an integer in [{-x.dim()}, {x.dim() - 1}]")
     return axis % x.dim()
+
+
+def _flag(name: str, value) -> bool:
+    """A True/False switch: a bool (or NumPy bool), never a truthy string or number."""
+    if type(value).__name__ not in ("bool", "bool_"):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _check_tensor(name: str, x, *, finite: bool = True, empty_ok: bool = False) -> torch.Tensor:
+    """x must be a real tensor; NaN / inf refused (they give out-of-range integers or NaN scales)."""
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name} must be a real-valued tensor, got dtype {x.dtype}")
+    if not empty_ok and x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): there is no range to quantize")
+    if finite and x.is_floating_point() and x.device.type != "meta" and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} must be finite: {bad} of its {x.numel()} values are NaN or inf")
+    return x
 
 
 def _reduce(x: torch.Tensor, axis: int | None, fn: Callable) -> torch.Tensor:
@@ -106,17 +127,31 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
 
 
 # Calibration: how the range [xmin, xmax] is chosen. Each returns (xmin, xmax), () or (C,).
-def minmax_range(x: torch.Tensor, axis: int | None = None, **_) -> tuple[torch.Tensor, torch.Tensor]:
+# quantize_tensor passes num_bits and symmetric to every calibrator; any other keyword must be one
+# of the calibrator's own options (a misspelt `percentil=99` is refused, never ignored).
+CALIBRATOR_OPTIONS: dict[str, tuple[str, ...]] = {"minmax": (), "percentile": ("percentile",),
+                                                   "mse": ("grid",)}
+
+
+def _calib_kw(method: str, kw: dict) -> None:
+    valid = CALIBRATOR_OPTIONS[method]
+    for k in kw:
+        if k not in ("num_bits", "symmetric") + valid:
+            raise ValueError(f"unknown keyword {k!r} for calibrate={method!r}; valid: "
+                             f"{', '.join(valid) if valid else 'none (minmax has no options)'}")
+
+
+def minmax_range(x: torch.Tensor, axis: int | None = None, **kw) -> tuple[torch.Tensor, torch.Tensor]:
     """The full observed range: clips nothing, wastes levels on outliers."""
+    _calib_kw("minmax", kw)
     return _reduce(x, axis, lambda t, d: t.amin(d)), _reduce(x, axis, lambda t, d: t.amax(d))
 
 
 def percentile_range(x: torch.Tensor, axis: int | None = None, percentile: float = 99.9,
-                     **_) -> tuple[torch.Tensor, torch.Tensor]:
+                     **kw) -> tuple[torch.Tensor, torch.Tensor]:
     """The (100 - p)th and p-th percentiles: outliers beyond them are clipped."""
-    if not 50 < percentile <= 100:
-        raise ValueError(f"percentile must be in (50, 100], got {percentile!r}")
-    p = percentile / 100
+    _calib_kw("percentile", kw)
+    p = validate.number("percentile", percentile, low=50, high=100, low_open=True) / 100
     t = x.float() if x.numel() <= 2 ** 24 else \
         x.flatten()[torch.randperm(x.numel(), device=x.device)[:2 ** 24]].float()
     return (_reduce(t, axis, lambda v, d: torch.quantile(v, 1 - p, dim=d)),
@@ -124,8 +159,13 @@ def percentile_range(x: torch.Tensor, axis: int | None = None, percentile: float
 
 
 def mse_range(x: torch.Tensor, axis: int | None = None, num_bits: int = 8, symmetric: bool = False,
-              grid: int = 50, **_) -> tuple[torch.Tensor, torch.Tensor]:
-    """Search clip ratios r in (0, 1]: the range r * [min, max] whose quantization MSE is lowest."""
+              grid: int = 50, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """Search clip ratios r in (0, 1]: the range r * [min, max] whose quantization MSE is lowest.
+
+    grid: how many ratios (1/grid, 2/grid, ..., 1), an integer in [1, 10000]."""
+    _calib_kw("mse", kw)
+    grid = validate.integer("grid", grid, low=1, high=10_000)
+    check_bits(num_bits, symmetric)
     lo, hi = minmax_range(x, axis)
     best_err = torch.full_like(lo, float("inf"))
     best_lo, best_hi = lo.clone(), hi.clone()
@@ -144,6 +184,16 @@ CALIBRATORS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
 }
 
 
+def _check_calibrate(calibrate) -> Callable:
+    """The calibrator: a callable, or a name in CALIBRATORS."""
+    if callable(calibrate):
+        return calibrate
+    method = CALIBRATORS.get(calibrate) if isinstance(calibrate, str) else None
+    if method is None:
+        raise ValueError(f"unknown calibration {calibrate!r}; valid: {', '.join(CALIBRATORS)}")
+    return method
+
+
 @dataclass
 class QTensor:
     """Integers q with the (scale, zero_point) that give them meaning; dequantize() maps back."""
@@ -160,12 +210,24 @@ class QTensor:
 
 def quantize_tensor(x: torch.Tensor, num_bits: int = 8, *, symmetric: bool = False,
                     axis: int | None = None, calibrate: str | Callable = "minmax", **calib_kw) -> QTensor:
-    """Quantize x to num_bits: range from `calibrate` (name in CALIBRATORS or a callable), then q."""
+    """Quantize x to num_bits: range from `calibrate` (name in CALIBRATORS or a callable), then q.
+
+    x must be a non-empty, finite tensor (NaN / inf refused: they have no place on an integer grid).
+    calib_kw are the named calibrator's options (CALIBRATOR_OPTIONS); unknown keywords are refused.
+    """
+    _check_tensor("x", x)
     check_bits(num_bits, symmetric)
+    symmetric = _flag("symmetric", symmetric)
     axis = _check_axis(x, axis)
-    method = calibrate if callable(calibrate) else CALIBRATORS.get(calibrate)
-    if method is None:
-        raise ValueError(f"unknown calibration {calibrate!r}; valid: {', '.join(CALIBRATORS)}")
+    method = _check_calibrate(calibrate)
+    if not callable(calibrate):
+        _calib_kw(calibrate, calib_kw)
+    return _quantize_checked(x, num_bits, symmetric, axis, method, calib_kw)
+
+
+def _quantize_checked(x: torch.Tensor, num_bits: int, symmetric: bool, axis: int | None,
+                      method: Callable, calib_kw: dict) -> QTensor:
+    """quantize_tensor's work, on arguments already checked (FakeQuant checks once, not per forward)."""
     x = x.detach().float()
     xmin, xmax = method(x, axis=axis, num_bits=num_bits, symmetric=symmetric, **calib_kw)
     scale, zero_point = compute_qparams(xmin, xmax, num_bits, symmetric)
@@ -182,6 +244,24 @@ def quantization_error(x: torch.Tensor, x_hat: torch.Tensor) -> dict:
             "max_abs": float(err.abs().max()), "sqnr_db": sqnr}
 
 
+def _check_linear_args(x_q, w_q, bias, out_scale, out_zero_point) -> tuple[float, int]:
+    for name, t in (("x_q", x_q), ("w_q", w_q)):
+        if not isinstance(t, QTensor):
+            raise TypeError(f"{name} must be a QTensor (from quantize_tensor), got {type(t).__name__}")
+    if x_q.q.dim() != 2 or w_q.q.dim() != 2 or x_q.q.shape[1] != w_q.q.shape[1]:
+        raise ValueError(f"x_q (N, I) and w_q (O, I) must share I, got shapes {tuple(x_q.q.shape)} "
+                         f"and {tuple(w_q.q.shape)}")
+    if x_q.axis is not None or w_q.axis not in (None, 0):
+        raise ValueError(f"x_q must be per-tensor and w_q per-tensor or per output channel (axis 0), got "
+                         f"axes {x_q.axis} and {w_q.axis}")
+    if bias is not None:
+        _check_tensor("bias", bias)
+        if tuple(bias.shape) != (w_q.q.shape[0],):
+            raise ValueError(f"bias must have shape ({w_q.q.shape[0]},), got {tuple(bias.shape)}")
+    return (validate.number("out_scale", out_scale, low=0, low_open=True),
+            validate.integer("out_zero_point", out_zero_point, low=0, high=255))
+
+
 def int8_linear(x_q: QTensor, w_q: QTensor, bias: torch.Tensor | None, out_scale: float,
                 out_zero_point: int) -> torch.Tensor:
     """A quantized linear layer in integer arithmetic (uint8 activations, int8 weights).
@@ -193,6 +273,7 @@ def int8_linear(x_q: QTensor, w_q: QTensor, bias: torch.Tensor | None, out_scale
     product in PyTorch, so there it is float64, which is still exact: every partial sum is an
     integer far below 2^53 (|term| <= 255 * 255, so up to 2^37 terms).
     """
+    out_scale, out_zero_point = _check_linear_args(x_q, w_q, bias, out_scale, out_zero_point)
     sw = w_q.scale if w_q.scale.dim() else w_q.scale.expand(w_q.q.shape[0])
     zw = w_q.zero_point if w_q.zero_point.dim() else w_q.zero_point.expand(w_q.q.shape[0])
     acc_dtype = torch.int64 if x_q.q.device.type == "cpu" else torch.float64
@@ -224,6 +305,7 @@ def torch_int8_linear(x_q: QTensor, w_q: QTensor, bias: torch.Tensor | None, out
     PyTorch's int8 kernels are CPU kernels: the layer runs on the CPU, the result returns to x's
     device. The process-wide quantized engine is restored afterwards.
     """
+    out_scale, out_zero_point = _check_linear_args(x_q, w_q, bias, out_scale, out_zero_point)
     supported = torch.backends.quantized.supported_engines
     if engine is None:
         engine = REFERENCE_ENGINE if REFERENCE_ENGINE in supported else ENGINE
@@ -267,7 +349,16 @@ def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QUANTIZABLE)}
 
 
+def _check_model(model) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
 def _check_layers(model: nn.Module, layers: Iterable[str] | None) -> dict[str, nn.Module]:
+    _check_model(model)
+    if isinstance(layers, str):
+        raise TypeError(f"layers must be a list of layer names, not the string {layers!r}")
     found = quantizable_layers(model)
     if layers is None:
         if not found:
@@ -277,7 +368,7 @@ def _check_layers(model: nn.Module, layers: Iterable[str] | None) -> dict[str, n
     out = {}
     for name in layers:
         if name not in named:
-            raise ValueError(f"no layer named {name!r}; quantizable layers: {', '.join(found)}")
+            raise ValueError(f"no layer named {name!r} in layers; quantizable layers: {', '.join(found)}")
         if not isinstance(named[name], QUANTIZABLE):
             raise TypeError(f"cannot quantize layer {name!r} of type {type(named[name]).__name__}; "
                             f"supported: Linear, Conv2d")
@@ -295,12 +386,15 @@ class FakeQuant(nn.Module):
     def __init__(self, num_bits: int = 8, *, symmetric: bool = False, axis: int | None = None,
                  calibrate: str | Callable = "minmax"):
         super().__init__()
-        self.num_bits, self.symmetric, self.axis, self.calibrate = check_bits(num_bits, symmetric), \
-            symmetric, axis, calibrate
+        self.num_bits, self.symmetric = check_bits(num_bits, symmetric), _flag("symmetric", symmetric)
+        if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
+            raise ValueError(f"axis must be None or an integer, got {axis!r}")
+        self.axis, self.calibrate = axis, calibrate
+        self._method = _check_calibrate(calibrate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_hat = quantize_tensor(x, self.num_bits, symmetric=self.symmetric, axis=self.axis,
-                                calibrate=self.calibrate).dequantize()
+        x_hat = _quantize_checked(x, self.num_bits, self.symmetric, _check_axis(x, self.axis),
+                                  self._method, {}).dequantize()
         return x + (x_hat - x).detach()
 
     def extra_repr(self) -> str:
@@ -316,7 +410,11 @@ def fake_quantize_model(model: nn.Module, num_bits: int = 8, *, per_channel: boo
     per output channel (axis 0). `strip_quantization(model)` bakes the quantized weights in.
     """
     check_bits(num_bits, symmetric)
+    per_channel, symmetric = _flag("per_channel", per_channel), _flag("symmetric", symmetric)
+    _check_calibrate(calibrate)
     targets = _check_layers(model, layers)
+    for name, m in targets.items():
+        _check_tensor(f"the weight of layer {name!r}", m.weight.detach())
     strip_quantization(model, bake=False)
     for m in targets.values():
         parametrize.register_parametrization(
@@ -327,6 +425,8 @@ def fake_quantize_model(model: nn.Module, num_bits: int = 8, *, per_channel: boo
 
 def strip_quantization(model: nn.Module, *, bake: bool = True) -> nn.Module:
     """Remove FakeQuant / Codebook parametrizations; bake=True keeps the quantized values."""
+    _check_model(model)
+    bake = _flag("bake", bake)
     for m in model.modules():
         if parametrize.is_parametrized(m, "weight"):
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=bake)
@@ -348,10 +448,11 @@ def kmeans_1d(values: torch.Tensor, k: int, *, iters: int = 30) -> tuple[torch.T
     Returns (centroids (k,), index of each value's centroid), on the values' device.
     Empty clusters keep their centroid.
     """
+    _check_tensor("values", values, empty_ok=True)
     if values.numel() == 0:
         raise ValueError("k-means needs at least one value")
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    k = validate.integer("k", k, low=1, high=2 ** 16)
+    iters = validate.integer("iters", iters, low=0, high=100_000)
     v = values.detach().flatten().float()
     lo, hi = v.min(), v.max()                                            # stay on the device: no sync
     centroids = lo + (hi - lo) * torch.linspace(0, 1, k, device=v.device)
@@ -399,6 +500,19 @@ def kmeans_share(model: nn.Module, num_bits: int = 4, *, layers: Iterable[str] |
     """
     check_bits(num_bits)
     targets = _check_layers(model, layers)
+    if masks is not None:
+        if not isinstance(masks, dict):
+            raise TypeError(f"masks must be a dict {{layer name: mask}}, got {type(masks).__name__}")
+        for name, mask in masks.items():
+            if name not in targets:
+                raise ValueError(f"masks names layer {name!r}, which is not quantized here; layers: "
+                                 f"{', '.join(targets)}")
+            _check_tensor(f"masks[{name!r}]", mask)
+            if tuple(mask.shape) != tuple(targets[name].weight.shape):
+                raise ValueError(f"masks[{name!r}] has shape {tuple(mask.shape)}, the weight "
+                                 f"{tuple(targets[name].weight.shape)}")
+    for name, m in targets.items():
+        _check_tensor(f"the weight of layer {name!r}", m.weight.detach())
     strip_quantization(model, bake=False)
     books = {}
     for name, m in targets.items():
@@ -415,9 +529,18 @@ def kmeans_share(model: nn.Module, num_bits: int = 4, *, layers: Iterable[str] |
 # 4. Deep Compression storage: sparse positions + shared-weight indices, Huffman coded
 # ---------------------------------------------------------------------------------------------
 
+def _symbol(s) -> int:
+    if torch.is_tensor(s) and s.numel() == 1 and not s.is_floating_point() and s.dtype != torch.bool:
+        return int(s)
+    return validate.integer("each symbol", s)
+
+
 def huffman_code(symbols: Iterable[int]) -> dict[int, str]:
-    """Optimal prefix code {symbol: bit string} for the symbols' frequencies."""
-    freq = Counter(int(s) for s in symbols)
+    """Optimal prefix code {symbol: bit string} for the symbols' frequencies (at least one symbol,
+    each an integer)."""
+    freq = Counter(_symbol(s) for s in symbols)
+    if not freq:
+        raise ValueError("huffman_code needs at least one symbol, got none")
     if len(freq) == 1:
         return {next(iter(freq)): "0"}
     heap = [(n, i, {s: ""}) for i, (s, n) in enumerate(sorted(freq.items()))]
@@ -442,6 +565,11 @@ def huffman_encode(symbols: list[int]) -> tuple[bytes, dict[int, str]]:
 
 def huffman_decode(payload: bytes, code: dict[int, str], count: int) -> list[int]:
     """The first `count` symbols of a stream written by huffman_encode."""
+    count = validate.integer("count", count, low=0)
+    if not isinstance(payload, (bytes, bytearray)):
+        raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
+    if count == 0:
+        return []
     inverse, out, cur = {c: s for s, c in code.items()}, [], ""
     for byte in payload:
         for bit in f"{byte:08b}":
@@ -458,9 +586,11 @@ def relative_positions(mask: torch.Tensor, index_bits: int) -> tuple[list[int], 
     """Sparse storage as Han et al.: gaps between kept weights in index_bits-bit numbers.
 
     A gap larger than 2^index_bits - 1 is bridged by filler entries (gap max, value 'zero').
-    Returns (gaps, is_filler) with one entry per stored weight or filler.
+    Returns (gaps, is_filler) with one entry per stored weight or filler. index_bits: an integer
+    in [1, 32] (0 bits could not bridge any gap: the loop would never end).
     """
-    top = 2 ** index_bits - 1
+    _check_tensor("mask", mask, empty_ok=True)
+    top = 2 ** validate.integer("index_bits", index_bits, low=1, high=32) - 1
     gaps, filler, last = [], [], -1
     for p in torch.nonzero(mask.flatten()).flatten().tolist():
         gap = p - last
@@ -482,8 +612,22 @@ def deep_compression_size(model: nn.Module, books: dict[str, Codebook], *, index
     weight (num_bits each, or Huffman coded; fillers use cluster 0), the codebook (k float32),
     the code tables (1 byte per symbol for its code length: canonical Huffman), the bias (float32).
     """
+    index_bits = validate.integer("index_bits", index_bits, low=1, high=32)
+    huffman = _flag("huffman", huffman)
+    layers = quantizable_layers(_check_model(model))
+    if not isinstance(books, dict):
+        raise TypeError(f"books must be a dict {{layer name: Codebook}} (from kmeans_share), "
+                        f"got {type(books).__name__}")
+    for name, book in books.items():
+        if name not in layers:
+            raise ValueError(f"books names layer {name!r}, not a Linear/Conv2d layer of the model; "
+                             f"layers: {', '.join(layers)}")
+        if not isinstance(book, Codebook):
+            raise TypeError(f"books[{name!r}] must be a Codebook, got {type(book).__name__}")
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no Linear or Conv2d layer to size")
     rows, total, dense = [], 0, 0
-    for name, m in quantizable_layers(model).items():
+    for name, m in layers.items():
         w = m.weight.detach()
         dense_bytes = 4 * (w.numel() + (m.bias.numel() if m.bias is not None else 0))
         bias_bytes = 4 * (m.bias.numel() if m.bias is not None else 0)
@@ -606,6 +750,8 @@ def quantize_int8(model: nn.Module, data, *, num_batches: int = 20, batch_size: 
     data: a TensorData or an iterable of (x, y) batches; the first num_batches batches are used.
     The result runs int8 kernels on the CPU; it takes and returns float tensors.
     """
+    num_batches = validate.integer("num_batches", num_batches, low=1)
+    batch_size = validate.integer("batch_size", batch_size, low=1)
     prepared = prepare_int8(model, engine=engine)
     seen = 0
     for i, x in enumerate(_batches(data, batch_size)):
@@ -721,6 +867,9 @@ def quantize_int8_fx(model: nn.Module, data, *, num_batches: int = 20, batch_siz
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+    _check_model(model)
+    num_batches = validate.integer("num_batches", num_batches, low=1)
+    batch_size = validate.integer("batch_size", batch_size, low=1)
     if engine not in torch.backends.quantized.supported_engines:
         raise ValueError(f"quantized engine {engine!r} is not available here; available: "
                          f"{', '.join(torch.backends.quantized.supported_engines)}")

@@ -460,3 +460,141 @@ def test_quantize_int8_fx_runs_int8_kernels_close_to_float():
         Q.quantize_int8_fx(model, [])
     with pytest.raises(ValueError, match="engine 'tpu'"):
         Q.quantize_int8_fx(model, calib, engine="tpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input (issue 13): refused before any work, never a hang or a silent wrong result
+# ---------------------------------------------------------------------------------------------
+
+def _within(seconds: float, fn):
+    """fn() or a TimeoutError after `seconds` (SIGALRM): a hang fails the test instead of blocking it."""
+    import signal
+
+    def _alarm(*_):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return fn()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("bits", [0, -1, 33, 2.0, True, float("nan")])
+def test_relative_positions_refuses_bits_that_bridge_no_gap(bits):
+    mask = torch.zeros(50)
+    mask[[0, 40]] = 1
+    with pytest.raises(ValueError, match=f"index_bits must be an integer in \\[1, 32\\], got {bits!r}"):
+        _within(5, lambda: Q.relative_positions(mask, bits))
+
+
+def test_deep_compression_size_refuses_zero_index_bits_before_any_work():
+    mlp, _ = _models()
+    books = Q.kmeans_share(mlp, 2, layers=["1"])
+    with pytest.raises(ValueError, match="index_bits must be an integer in \\[1, 32\\], got 0"):
+        _within(5, lambda: Q.deep_compression_size(mlp, books, index_bits=0))
+    with pytest.raises(ValueError, match="books names layer 'nope'"):
+        Q.deep_compression_size(mlp, {"nope": books["1"]})
+    with pytest.raises(TypeError, match="huffman must be True or False"):
+        Q.deep_compression_size(mlp, books, huffman="yes")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("axis", [None, 0])
+def test_quantize_tensor_refuses_non_finite_input(bad, axis):
+    x = torch.randn(4, 6)
+    x[1, 2] = bad
+    with pytest.raises(ValueError, match="x must be finite: 1 of its 24 values are NaN or inf"):
+        Q.quantize_tensor(x, 8, axis=axis)
+
+
+def test_quantize_tensor_refuses_empty_and_non_tensors():
+    with pytest.raises(ValueError, match="x is empty"):
+        Q.quantize_tensor(torch.empty(0), 8)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got list"):
+        Q.quantize_tensor([1.0, 2.0], 8)
+    with pytest.raises(TypeError, match="symmetric must be True or False, got 'no'"):
+        Q.quantize_tensor(torch.randn(4), 8, symmetric="no")
+    with pytest.raises(ValueError, match="axis True does not exist"):
+        Q.quantize_tensor(torch.randn(4, 5), 8, axis=True)
+
+
+@pytest.mark.parametrize("calibrate, kw, valid", [("percentile", {"percentil": 99}, "valid: percentile"),
+                                                  ("mse", {"grdi": 10}, "valid: grid"),
+                                                  ("minmax", {"percentile": 99}, "valid: none \\(minmax has no options\\)")])
+def test_calibrators_refuse_unknown_keywords(calibrate, kw, valid):
+    (key,) = kw
+    with pytest.raises(ValueError, match=f"unknown keyword '{key}' for calibrate='{calibrate}'; {valid}"):
+        Q.quantize_tensor(torch.randn(100), 8, calibrate=calibrate, **kw)
+    with pytest.raises(ValueError, match=f"unknown keyword '{key}'"):
+        Q.CALIBRATORS[calibrate](torch.randn(100), **kw)
+
+
+@pytest.mark.parametrize("grid", [0, -3, 2.5, True, 10 ** 5])
+def test_mse_grid_must_be_a_positive_integer(grid):
+    with pytest.raises(ValueError, match=f"grid must be an integer in \\[1, 10000\\], got {grid!r}"):
+        Q.quantize_tensor(torch.randn(100), 8, calibrate="mse", grid=grid)
+
+
+@pytest.mark.parametrize("p", [float("nan"), 50, 101, "99", True])
+def test_percentile_must_be_in_50_100(p):
+    with pytest.raises(ValueError, match="percentile must be a finite number in \\(50, 100\\]"):
+        Q.quantize_tensor(torch.randn(100), 8, calibrate="percentile", percentile=p)
+
+
+def test_huffman_refuses_no_symbols_and_non_integers():
+    with pytest.raises(ValueError, match="huffman_code needs at least one symbol"):
+        Q.huffman_code([])
+    with pytest.raises(ValueError, match="huffman_code needs at least one symbol"):
+        Q.huffman_encode([])
+    with pytest.raises(ValueError, match="each symbol must be an integer, got 2.5"):
+        Q.huffman_code([1, 2.5])
+    assert Q.huffman_code(torch.tensor([3, 3, 1])) == Q.huffman_code([3, 3, 1])
+    with pytest.raises(ValueError, match="count must be an integer >= 0"):
+        Q.huffman_decode(b"\x00", {0: "0"}, -1)
+
+
+def test_model_quantizers_change_nothing_on_bad_input():
+    mlp, _ = _models()
+    Q.fake_quantize_model(mlp, 4, layers=["1"])
+    before = {k: v.clone() for k, v in mlp.state_dict().items()}
+    cases = [(lambda: Q.fake_quantize_model(mlp, 4, calibrate="median"), ValueError, "unknown calibration"),
+             (lambda: Q.fake_quantize_model(mlp, 4, per_channel="yes"), TypeError, "per_channel"),
+             (lambda: Q.fake_quantize_model(mlp, 4, layers="1"), TypeError, "layers must be a list"),
+             (lambda: Q.kmeans_share(mlp, 2, masks={"3": torch.ones(2, 2)}), ValueError, "masks\\['3'\\] has shape"),
+             (lambda: Q.kmeans_share(mlp, 2, masks={"9": torch.ones(2, 2)}), ValueError, "masks names layer '9'"),
+             (lambda: Q.quantize_int8(mlp, [torch.randn(2, 1, 8, 8)], num_batches=0), ValueError, "num_batches"),
+             (lambda: Q.quantize_int8_fx(mlp, [torch.randn(2, 1, 8, 8)], batch_size=True), ValueError, "batch_size")]
+    for call, error, match in cases:
+        with pytest.raises(error, match=match):
+            call()
+        after = mlp.state_dict()
+        assert list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items()), match
+    nan_model, _ = _models()
+    with torch.no_grad():
+        nan_model[1].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="the weight of layer '1' must be finite"):
+        Q.fake_quantize_model(nan_model, 4)
+    assert not torch.nn.utils.parametrize.is_parametrized(nan_model[1])
+
+
+def test_int8_linear_refuses_bad_output_grid():
+    xq, wq, s, z = _saturating_case()
+    for fn in (Q.int8_linear, Q.torch_int8_linear):
+        with pytest.raises(ValueError, match="out_scale must be a finite number > 0, got nan"):
+            fn(xq, wq, None, float("nan"), z)
+        with pytest.raises(ValueError, match="out_zero_point must be an integer in \\[0, 255\\], got 300"):
+            fn(xq, wq, None, s, 300)
+        with pytest.raises(ValueError, match="bias must have shape \\(2,\\)"):
+            fn(xq, wq, torch.zeros(3), s, z)
+
+
+@pytest.mark.parametrize("kw, match", [({"k": 0}, "k must be an integer"), ({"k": True}, "k must be"),
+                                       ({"k": 4, "iters": -1}, "iters must be")])
+def test_kmeans_1d_bad_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        Q.kmeans_1d(torch.randn(10), **kw)
+    with pytest.raises(ValueError, match="values must be finite"):
+        Q.kmeans_1d(torch.tensor([1.0, float("nan")]), 2)
