@@ -7,6 +7,7 @@ passes (warm-up, then the median of repeats) and says how many threads it used.
 from __future__ import annotations
 
 import io
+import math
 import statistics
 import time
 import zipfile
@@ -15,23 +16,69 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from . import validate
+
 # ---------------------------------------------------------------------------------------------
 # Quality
 # ---------------------------------------------------------------------------------------------
 
+def _tensor(name: str, t) -> torch.Tensor:
+    if not torch.is_tensor(t):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def _labels(name: str, t, num_classes: int | None = None) -> torch.Tensor:
+    """A 1-D tensor of integer class labels (in [0, num_classes) when given), as int64 on the CPU."""
+    t = _tensor(name, t)
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D tensor of class labels (N,), got shape {tuple(t.shape)}")
+    if t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer class labels, got dtype {t.dtype}")
+    t = t.detach().cpu()
+    if t.is_floating_point():
+        if not bool(torch.isfinite(t).all()) or not bool((t == t.round()).all()):
+            raise ValueError(f"{name} must hold integer class labels; it has non-integer values "
+                             f"such as {t[(~torch.isfinite(t)) | (t != t.round())][0].item()!r}")
+    t = t.long()
+    if num_classes is not None and len(t):
+        bad = (t < 0) | (t >= num_classes)
+        if bool(bad.any()):
+            raise ValueError(f"{name} has labels outside [0, {num_classes - 1}] (num_classes={num_classes}): "
+                             f"{sorted(set(t[bad].tolist()))[:10]}")
+    return t
+
+
 def accuracy(output: torch.Tensor, y: torch.Tensor) -> float:
-    """Percentage of examples whose arg-max (or given label, for 1-D input) equals y."""
-    pred = output.argmax(1) if output.dim() == 2 else output
+    """Percentage of examples whose arg-max (or given label, for 1-D input) equals y.
+
+    output: logits / scores (N, C) or predicted labels (N,); y: labels (N,). Other shapes (a (N, C, 1)
+    output, say) are refused: an arg-max over the wrong dimension would score 0 silently.
+    """
+    output = _tensor("output", output)
+    if output.dim() not in (1, 2):
+        raise ValueError(f"output must be scores (N, C) or predicted labels (N,), got shape "
+                         f"{tuple(output.shape)}")
+    y = _labels("y", y)
+    pred = output.argmax(1) if output.dim() == 2 else _labels("output", output)
     if len(pred) != len(y):
         raise ValueError(f"{len(pred)} predictions but {len(y)} labels")
-    return 100.0 * (pred.cpu() == y.cpu()).float().mean().item()
+    if len(y) == 0:
+        raise ValueError("accuracy of no examples is undefined: output and y are empty")
+    return 100.0 * (pred.cpu() == y).float().mean().item()
 
 
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """C[i, j] = number of examples of true class i predicted as class j; shape (K, K)."""
-    y_true, y_pred = y_true.cpu().long(), y_pred.cpu().long()
+    """C[i, j] = number of examples of true class i predicted as class j; shape (K, K).
+
+    Labels must be integers in [0, num_classes): any other label is refused (it would land in
+    another class's cell).
+    """
+    num_classes = validate.integer("num_classes", num_classes, low=1, high=100_000)
+    y_true, y_pred = _tensor("y_true", y_true), _tensor("y_pred", y_pred)
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true {tuple(y_true.shape)} and y_pred {tuple(y_pred.shape)} differ in shape")
+    y_true, y_pred = _labels("y_true", y_true, num_classes), _labels("y_pred", y_pred, num_classes)
     idx = y_true * num_classes + y_pred
     return torch.bincount(idx, minlength=num_classes ** 2).view(num_classes, num_classes)
 
@@ -51,8 +98,28 @@ def per_class_report(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: in
 # Size
 # ---------------------------------------------------------------------------------------------
 
+def _model(model) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def _in_shape(in_shape) -> tuple[int, ...]:
+    """One example's shape: a non-empty sequence of positive integers (at most 2^28 elements)."""
+    if isinstance(in_shape, (str, bytes)) or not isinstance(in_shape, (Sequence, torch.Size)):
+        raise TypeError(f"in_shape must be a sequence of positive integers, got {in_shape!r}")
+    shape = tuple(validate.integer("in_shape", d, low=1, what=f"each dimension of {tuple(in_shape)!r}")
+                  for d in in_shape)
+    if not shape:
+        raise ValueError("in_shape must have at least one dimension, got ()")
+    if math.prod(shape) > 2 ** 28:
+        raise ValueError(f"in_shape {shape} has {math.prod(shape):,} elements per example; at most 2^28")
+    return shape
+
+
 def count_params(model: nn.Module) -> int:
     """Number of parameter elements."""
+    _model(model)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -92,6 +159,8 @@ def count_macs(model: nn.Module, in_shape: Sequence[int]) -> int:
     """Multiply-accumulates of one forward pass on one example (FLOPs / 2, torch.utils.flop_counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    _model(model)
+    in_shape = _in_shape(in_shape)
     device = next(iter(model.parameters()), torch.empty(0)).device
     was_training = model.training
     model.eval()
@@ -109,9 +178,19 @@ def measure_latency(model: nn.Module, in_shape: Sequence[int], *, batch_size: in
 
     Returns median, p90 and p99 milliseconds per batch, throughput (examples/s) and the thread count.
     Runs at least `repeats` timed passes (and at least `min_seconds`) after `warmup` untimed ones.
+    Bounds (checked before anything runs): batch_size in [1, 2^20], repeats in [1, 10^6],
+    warmup in [0, 10^6], threads None or >= 1, min_seconds in [0, 3600] (inf would never return).
     """
-    if batch_size < 1 or repeats < 1:
-        raise ValueError(f"batch_size and repeats must be >= 1, got {batch_size}, {repeats}")
+    _model(model)
+    in_shape = _in_shape(in_shape)
+    batch_size = validate.integer("batch_size", batch_size, low=1, high=2 ** 20)
+    repeats = validate.integer("repeats", repeats, low=1, high=10 ** 6)
+    warmup = validate.integer("warmup", warmup, low=0, high=10 ** 6)
+    if threads is not None:
+        threads = validate.integer("threads", threads, low=1, high=4096)
+    min_seconds = validate.number("min_seconds", min_seconds, low=0, high=3600)
+    if batch_size * math.prod(in_shape) > 2 ** 30:
+        raise ValueError(f"batch_size {batch_size} x in_shape {in_shape} is over 2^30 input elements")
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -189,12 +268,21 @@ def summarize(models: dict[str, nn.Module], data=None, *, in_shape: Sequence[int
     """
     from .train import evaluate
 
+    if not isinstance(models, dict):
+        raise TypeError(f"models must be a dict {{name: model}}, got {type(models).__name__}")
     if not models:
         raise ValueError("summarize needs at least one model")
+    for m in models.values():
+        _model(m)
     if in_shape is None:
         if data is None:
             raise ValueError("give data or in_shape")
         in_shape = data.shape
+    in_shape = _in_shape(in_shape)
+    if isinstance(batch_sizes, (str, bytes)) or not isinstance(batch_sizes, Sequence) or not batch_sizes:
+        raise ValueError(f"batch_sizes must be a non-empty sequence of integers >= 1, got {batch_sizes!r}")
+    batch_sizes = [validate.integer("batch_sizes", b, low=1, high=2 ** 20) for b in batch_sizes]
+    repeats = validate.integer("repeats", repeats, low=1, high=10 ** 6)
     rows = Table()
     for name, model in models.items():
         row: dict = {"model": name}

@@ -54,3 +54,98 @@ def test_summarize_table():
     assert "ms @ batch 256" in str(t) and "<table>" in t._repr_html_()
     with pytest.raises(ValueError):
         metrics.summarize({})
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input (issue 13): a clear error before any work, never a hang or a silent wrong result
+# ---------------------------------------------------------------------------------------------
+
+def _within(seconds: float, fn):
+    """fn() or a TimeoutError after `seconds` (SIGALRM): a hang fails the test instead of blocking it."""
+    import signal
+
+    def _alarm(*_):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return fn()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"min_seconds": float("inf")}, "min_seconds must be a finite number in \\[0, 3600\\], got inf"),
+    ({"min_seconds": float("nan")}, "min_seconds must be a finite number"),
+    ({"min_seconds": -1}, "min_seconds"),
+    ({"repeats": 10 ** 9}, "repeats must be an integer in \\[1, 1e\\+06\\], got 1000000000"),
+    ({"repeats": True}, "repeats must be an integer"),
+    ({"warmup": -1}, "warmup must be an integer"),
+    ({"threads": 0}, "threads must be an integer"),
+    ({"batch_size": 2.0}, "batch_size must be an integer"),
+])
+def test_measure_latency_refuses_before_running(kw, match):
+    calls = []
+    model = nn.Linear(4, 4)
+    model.register_forward_hook(lambda *_: calls.append(1))
+    model.train()
+    with pytest.raises(ValueError, match=match):
+        _within(5, lambda: metrics.measure_latency(model, (4,), **kw))
+    assert calls == [] and model.training                      # nothing ran, the model was not touched
+
+
+@pytest.mark.parametrize("shape", [(0,), (-1, 4), (2.5,), (True,), (), "44"])
+def test_in_shape_must_be_positive_integers(shape):
+    with pytest.raises((ValueError, TypeError), match="in_shape"):
+        metrics.measure_latency(nn.Linear(4, 4), shape)
+    with pytest.raises((ValueError, TypeError), match="in_shape"):
+        metrics.count_macs(nn.Linear(4, 4), shape)
+
+
+def test_confusion_matrix_refuses_labels_outside_the_classes():
+    y = torch.tensor([0, 1, 2, 3])
+    with pytest.raises(ValueError, match="y_true has labels outside \\[0, 2\\] \\(num_classes=3\\): \\[3\\]"):
+        metrics.confusion_matrix(y, torch.tensor([0, 1, 2, 0]), 3)           # was counted as (1, 0)
+    with pytest.raises(ValueError, match="y_pred has labels outside \\[0, 2\\].*\\[-1\\]"):
+        metrics.confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, -1]), 3)
+    with pytest.raises(ValueError, match="y_pred has labels outside"):
+        metrics.per_class_report(torch.tensor([0, 1]), torch.tensor([0, 5]), 3)
+    with pytest.raises(ValueError, match="num_classes must be an integer"):
+        metrics.confusion_matrix(y, y, 0)
+    with pytest.raises(ValueError, match="num_classes must be an integer"):
+        metrics.confusion_matrix(y, y, 4.0)
+    with pytest.raises(ValueError, match="y_true must hold integer class labels"):
+        metrics.confusion_matrix(torch.tensor([0.5, 1.0]), torch.tensor([0, 1]), 3)
+    with pytest.raises(ValueError, match="1-D tensor of class labels"):
+        metrics.confusion_matrix(y.view(2, 2), y.view(2, 2), 4)
+    assert metrics.confusion_matrix(torch.tensor([0.0, 1.0]), torch.tensor([1, 1]), 2).tolist() == [[0, 1], [0, 1]]
+
+
+def test_accuracy_refuses_shapes_it_would_score_wrongly():
+    y = torch.tensor([0, 1, 2])
+    logits = torch.nn.functional.one_hot(y, 3).float()
+    assert metrics.accuracy(logits, y) == 100.0
+    with pytest.raises(ValueError, match="output must be scores \\(N, C\\) or predicted labels \\(N,\\), "
+                                         "got shape \\(3, 3, 1\\)"):
+        metrics.accuracy(logits.unsqueeze(-1), y)                           # returned 0.0
+    with pytest.raises(ValueError, match="y must be a 1-D tensor"):
+        metrics.accuracy(logits, y.view(3, 1))
+    with pytest.raises(ValueError, match="accuracy of no examples"):
+        metrics.accuracy(torch.empty(0, 3), torch.empty(0, dtype=torch.long))
+    with pytest.raises(TypeError, match="output must be a torch.Tensor"):
+        metrics.accuracy([0, 1, 2], y)
+
+
+def test_summarize_checks_everything_first():
+    calls = []
+    model = nn.Linear(4, 2)
+    model.register_forward_hook(lambda *_: calls.append(1))
+    for kw, match in [({"batch_sizes": (1, 0)}, "batch_sizes"), ({"repeats": 0}, "repeats"),
+                      ({"batch_sizes": ()}, "batch_sizes"), ({"in_shape": (0,)}, "in_shape")]:
+        with pytest.raises(ValueError, match=match):
+            metrics.summarize({"a": model}, **{"in_shape": (4,), **kw})
+    assert calls == []
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        metrics.summarize({"a": "not a model"}, in_shape=(4,))
