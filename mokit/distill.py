@@ -27,7 +27,15 @@ from torch import nn
 
 from . import validate
 from .data import Batches, TensorData, check_augment
-from .train import autocast, predict, resolve_precision
+from .train import (
+    _model_device,
+    autocast,
+    check_data,
+    check_seed,
+    check_shape,
+    predict,
+    resolve_precision,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Validation
@@ -104,23 +112,35 @@ class CachedTeacher:
     def __init__(self, teacher: nn.Module | Callable, data: TensorData, *, batch_size: int = 128,
                  seed: int = 0, augment: bool | str = False, precision: str = "fp32",
                  logits: torch.Tensor | None = None):
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        check_data(data)
+        batch_size = validate.integer("batch_size", batch_size, low=1)
         self.augment = check_augment(augment)
-        self.data, self.batch_size, self.seed = data, min(batch_size, len(data)), seed
+        self.data, self.batch_size, self.seed = data, min(batch_size, len(data)), check_seed(seed)
         self.precision = resolve_precision(precision, data.device)
+        if isinstance(teacher, CachedTeacher):
+            raise TypeError("teacher must be a model or a callable (x, y) -> logits, not another CachedTeacher "
+                            "(its logits belong to its own batches): pass its logits= instead")
         self.teacher = teacher_logits_fn(teacher)
-        if self.augment == "none":
-            self.logits = (predict(teacher, data) if logits is None else logits).to(data.device)  # (N, K)
-            if len(self.logits) != len(data):
-                raise ValueError(f"{len(self.logits)} cached logits for {len(data)} examples")
-        elif logits is not None:
+        if logits is not None and self.augment != "none":
             raise ValueError("logits can be given only without augmentation (augmented images change every epoch)")
+        if logits is not None:
+            _check_logits(logits, len(data), "logits")
+        if self.augment == "none":
+            if logits is None:
+                logits = _check_logits(self._teacher_pass(teacher), len(data), "the teacher's logits")
+            self.logits = logits.to(data.device)                                 # (N, K)
         else:
             self.logits = None
         self.augmented_logits: list[list[torch.Tensor]] = []        # [epoch][step] -> (B, K)
         self.teacher_batches = 0                                     # teacher passes over augmented batches
         self.rewind()
+
+    def _teacher_pass(self, teacher) -> torch.Tensor:
+        """The teacher's logits over `data` in order: predict() for a model, batch by batch for a callable."""
+        if isinstance(teacher, nn.Module):
+            return predict(teacher, self.data)
+        with torch.no_grad():
+            return torch.cat([self.teacher(x, y).float() for x, y in self.data.batches(1024, shuffle=False)])
 
     def rewind(self) -> CachedTeacher:
         """Start over: the next pass serves the first epoch's batches again (cached logits are kept)."""
@@ -161,6 +181,18 @@ class CachedTeacher:
         return epoch[step].to(x.device)
 
 
+def _check_logits(logits, n: int, name: str) -> torch.Tensor:
+    """logits as a finite float tensor (n, K), else ValueError / TypeError naming them."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor (N, num_classes), got {type(logits).__name__}")
+    if logits.dim() != 2 or len(logits) != n or not logits.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor of shape ({n}, num_classes) (one row per example), "
+                         f"got {logits.dtype} of shape {tuple(logits.shape)}")
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError(f"{name} must be finite: they hold NaN or inf")
+    return logits
+
+
 def teacher_logits_fn(teacher: nn.Module | CachedTeacher | Callable) -> Callable:
     """(x, y) -> teacher logits: a CachedTeacher as is, a model run in eval mode without gradients."""
     if isinstance(teacher, CachedTeacher):
@@ -193,11 +225,17 @@ def distill_loss(teacher: nn.Module | CachedTeacher | Callable, *, temperature: 
 # ---------------------------------------------------------------------------------------------
 
 
-def _capture(model: nn.Module, layer: str, store: dict, key: str):
+def _layer(model: nn.Module, layer: str, name: str) -> nn.Module:
+    """The submodule of `model` called `layer`, else ValueError listing the layers."""
     modules = dict(model.named_modules())
-    if layer not in modules:
-        raise ValueError(f"no layer {layer!r} in {type(model).__name__}; layers: {', '.join(n for n in modules if n)}")
-    return modules[layer].register_forward_hook(lambda m, i, out: store.__setitem__(key, out))
+    if not isinstance(layer, str) or not layer or layer not in modules:
+        raise ValueError(f"no layer {layer!r} in {type(model).__name__} ({name}); layers: "
+                         f"{', '.join(n for n in modules if n)}")
+    return modules[layer]
+
+
+def _capture(module: nn.Module, store: dict, key: str):
+    return module.register_forward_hook(lambda m, i, out: store.__setitem__(key, out))
 
 
 class HintStudent(nn.Module):
@@ -208,23 +246,35 @@ class HintStudent(nn.Module):
     def __init__(self, student: nn.Module, teacher: nn.Module, layer: str, teacher_layer: str,
                  in_shape=(1, 28, 28)):
         super().__init__()
+        for what, m in (("student", student), ("teacher", teacher)):
+            if not isinstance(m, nn.Module):
+                raise TypeError(f"{what} must be an nn.Module, got {type(m).__name__}")
+        s_layer, t_layer = _layer(student, layer, "layer"), _layer(teacher, teacher_layer, "teacher_layer")
+        in_shape = check_shape("in_shape", in_shape)
         self.student, self.features = student, {}
         self._teacher = [teacher]                       # a list: not a submodule, not trained
-        self._hooks = [_capture(student, layer, self.features, "student"),
-                       _capture(teacher, teacher_layer, self.features, "teacher")]
-        device = next(student.parameters()).device
-        with torch.no_grad():                           # probe both feature shapes
-            was = student.training
-            student.eval()
-            student(torch.zeros(2, *in_shape, device=device))
+        self._hooks = [_capture(s_layer, self.features, "student"), _capture(t_layer, self.features, "teacher")]
+        was = student.training
+        try:
+            with torch.no_grad():                       # probe both feature shapes
+                student.eval()
+                student(torch.zeros(2, *in_shape, device=_model_device(student)))
+                teacher.eval()
+                teacher(torch.zeros(2, *in_shape, device=_model_device(teacher)))
+            s, t = self.features.pop("student", None), self.features.pop("teacher", None)
+            if not isinstance(s, torch.Tensor) or not isinstance(t, torch.Tensor):
+                raise ValueError("the hint layers must output tensors")
+            if s.dim() != t.dim() or s.dim() not in (2, 4) or (s.dim() == 4 and s.shape[2:] != t.shape[2:]):
+                raise ValueError(f"hint layers do not line up: student {tuple(s.shape[1:])}, teacher {tuple(t.shape[1:])}")
+        except Exception as e:                          # noqa: BLE001 - no hook is left on the caller's models
+            self.remove_hooks()
+            if isinstance(e, ValueError):
+                raise
+            raise ValueError(f"cannot run the student and the teacher on inputs of shape {in_shape}: {e}") from e
+        finally:
             student.train(was)
-            teacher.eval()
-            teacher(torch.zeros(2, *in_shape, device=next(teacher.parameters()).device))
-        s, t = self.features.pop("student"), self.features.pop("teacher")
-        if s.dim() != t.dim() or (s.dim() == 4 and s.shape[2:] != t.shape[2:]):
-            raise ValueError(f"hint layers do not line up: student {tuple(s.shape[1:])}, teacher {tuple(t.shape[1:])}")
         self.adapter = (nn.Conv2d(s.shape[1], t.shape[1], 1) if s.dim() == 4
-                        else nn.Linear(s.shape[1], t.shape[1])).to(device)
+                        else nn.Linear(s.shape[1], t.shape[1])).to(_model_device(student))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
@@ -239,8 +289,9 @@ class HintStudent(nn.Module):
 def hint_loss(model: HintStudent, *, weight: float = 1.0, temperature: float = 4.0,
               alpha: float = 0.9) -> Callable:
     """loss_fn = kd_loss(...) + weight * mean (adapter(student features) - teacher features)^2."""
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-        raise ValueError(f"hint weight must be a number >= 0, got {weight!r}")
+    if not isinstance(model, HintStudent):
+        raise TypeError(f"model must be a HintStudent (the student wrapped with its adapter), got {type(model).__name__}")
+    weight = validate.number("weight", weight, low=0, what="hint weight, the feature term's share")
     temperature, alpha = check_temperature(temperature), check_alpha(alpha)
     teacher = model._teacher[0]
 
@@ -260,6 +311,8 @@ def hint_loss(model: HintStudent, *, weight: float = 1.0, temperature: float = 4
 
 def last_linear(model: nn.Module) -> nn.Linear:
     """The model's last nn.Linear (its output layer)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError(f"{type(model).__name__} has no nn.Linear output layer")
@@ -272,11 +325,16 @@ def fit_class_bias(model: nn.Module, data: TensorData, cls: int, fraction: float
     """Raise the output bias of class `cls` until the model predicts it for `fraction` of `data`
     (default 1 / num_classes); uses no labels. Bisection on the shift; returns it (applied)."""
     out = last_linear(model)
+    if out.bias is None:
+        raise ValueError(f"the output layer of {type(model).__name__} has no bias to raise")
+    cls = validate.integer("cls", cls, what="a class index")
     if not 0 <= cls < out.out_features:
         raise ValueError(f"class {cls} is not between 0 and {out.out_features - 1}")
-    fraction = 1 / out.out_features if fraction is None else fraction
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+    fraction = 1 / out.out_features if fraction is None else \
+        validate.number("fraction", fraction, low=0, high=1, low_open=True, high_open=True,
+                        what="share of predictions wanted")
+    iters = validate.integer("iters", iters, low=1, what="bisection steps")
+    check_data(data)
     logits = predict(model, data)                       # (N, K); a bias shift moves column cls only
     lo, hi = -50.0, 50.0
     for _ in range(iters):

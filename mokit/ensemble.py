@@ -16,14 +16,31 @@ from one start; it costs one model at inference, an ensemble costs M.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+import numbers
+from collections.abc import Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import validate
 from .data import TensorData
-from .train import evaluate, predict
+from .train import _model_device, check_data, check_shape, evaluate, predict
+
+
+def _check_model(model) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    return model
+
+
+def _linears(model: nn.Module, why: str) -> list[tuple[str, nn.Linear]]:
+    """(name, layer) of every nn.Linear of `model`, else ValueError saying `why` one is needed."""
+    found = [(n, m) for n, m in _check_model(model).named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer: {why}")
+    return found
 
 # ---------------------------------------------------------------------------------------------
 # Validation
@@ -32,13 +49,18 @@ from .train import evaluate, predict
 
 def num_outputs(model: nn.Module, in_shape: Sequence[int] | None = None) -> int:
     """Number of outputs: from a forward pass on zeros of `in_shape`, else the last Linear's size."""
+    _check_model(model)
     if in_shape is not None:
-        device = next(iter(model.parameters()), torch.empty(0)).device
+        in_shape = check_shape("in_shape", in_shape)
         was = model.training
         model.eval()
-        with torch.no_grad():
-            out = model(torch.zeros(1, *in_shape, device=device))
-        model.train(was)
+        try:
+            with torch.no_grad():
+                out = model(torch.zeros(1, *in_shape, device=_model_device(model)))
+        except RuntimeError as e:
+            raise ValueError(f"cannot run {type(model).__name__} on inputs of shape {in_shape}: {e}") from e
+        finally:
+            model.train(was)
         return out.shape[-1]
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
@@ -48,6 +70,10 @@ def num_outputs(model: nn.Module, in_shape: Sequence[int] | None = None) -> int:
 
 def check_members(models: Sequence[nn.Module], in_shape: Sequence[int] | None = None) -> list[nn.Module]:
     """models as a non-empty list whose members all have the same number of outputs."""
+    if (isinstance(models, nn.Module) and not isinstance(models, nn.ModuleList)) \
+            or isinstance(models, (str, bytes)) or not isinstance(models, Iterable):
+        single = " (one model: wrap it in a list)" if isinstance(models, nn.Module) else ""
+        raise TypeError(f"models must be a list of nn.Modules{single}, got {type(models).__name__}")
     models = list(models)
     if not models:
         raise ValueError("an ensemble needs at least one model, got none")
@@ -64,9 +90,22 @@ def check_weights(weights, n: int) -> torch.Tensor:
     """weights as a float tensor of n values >= 0, normalised to sum to 1 (None: uniform)."""
     if weights is None:
         return torch.full((n,), 1.0 / n)
-    w = torch.as_tensor(weights, dtype=torch.float32).flatten()
+    allowed = f"weights must be {n} finite numbers >= 0 with a positive sum"
+    if isinstance(weights, (torch.Tensor, np.ndarray)):
+        real = (weights.dtype != torch.bool and not weights.dtype.is_complex) if isinstance(weights, torch.Tensor) \
+            else (np.issubdtype(weights.dtype, np.integer) or np.issubdtype(weights.dtype, np.floating))
+        if not real:
+            raise ValueError(f"{allowed}, got {weights!r}")
+        w = torch.as_tensor(weights).detach().cpu().float().flatten()
+    else:
+        if isinstance(weights, (str, bytes)) or not isinstance(weights, Iterable):
+            raise ValueError(f"{allowed}, got {weights!r}")
+        values = [v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v for v in weights]
+        if any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in values):
+            raise ValueError(f"{allowed}, got {values!r}")
+        w = torch.tensor([float(v) for v in values], dtype=torch.float32)
     if len(w) != n or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"weights must be {n} finite numbers >= 0 with a positive sum, got {w.tolist()}")
+        raise ValueError(f"{allowed}, got {w.tolist()}")
     return w / w.sum()
 
 
@@ -105,8 +144,7 @@ class Ensemble(nn.Module):
     def __init__(self, models: Sequence[nn.Module], *, combine: str = "probs", weights=None,
                  in_shape: Sequence[int] | None = None):
         super().__init__()
-        if combine not in COMBINE:
-            raise ValueError(f"unknown combine {combine!r}; valid: {', '.join(COMBINE)}")
+        validate.choice("combine", combine, COMBINE)
         self.members = nn.ModuleList(check_members(models, in_shape))
         self.combine = combine
         self.register_buffer("weights", check_weights(weights, len(self.members)))
@@ -122,7 +160,9 @@ class Ensemble(nn.Module):
 @torch.no_grad()
 def member_logits(models: Sequence[nn.Module], data: TensorData) -> torch.Tensor:
     """(M, N, K) logits of each model on every example of `data` (CPU)."""
-    return torch.stack([predict(m, data) for m in check_members(models)])
+    models = check_members(models)
+    check_data(data)
+    return torch.stack([predict(m, data) for m in models])
 
 
 def vote_accuracy(models: Sequence[nn.Module], data: TensorData) -> float:
@@ -135,8 +175,11 @@ def fit_weights(models: Sequence[nn.Module], val_data: TensorData, *, combine: s
                 steps: int = 300, lr: float = 0.05) -> torch.Tensor:
     """Ensemble weights w = softmax(a) minimising the cross-entropy of the combined output on
     `val_data` (a split the members were not trained on). Returns w (M,), summing to 1."""
-    if combine not in COMBINE:
-        raise ValueError(f"unknown combine {combine!r}; valid: {', '.join(COMBINE)}")
+    validate.choice("combine", combine, COMBINE)
+    steps = validate.integer("steps", steps, low=1, what="optimizer steps")
+    lr = validate.number("lr", lr, low=0, low_open=True)
+    models = check_members(models)
+    check_data(val_data, "val_data")
     logits = member_logits(models, val_data)                            # (M, N, K)
     y = val_data.y.cpu()
     a = torch.zeros(len(logits), requires_grad=True)
@@ -180,6 +223,7 @@ def greedy_soup(models: Sequence[nn.Module], val_data: TensorData) -> tuple[nn.M
     """Greedy soup: sort by validation accuracy, add a model to the soup only if the soup's
     validation accuracy does not drop. Returns (soup, indices of the models in it)."""
     models = check_members(models)
+    check_data(val_data, "val_data")
     score = {i: evaluate(m, val_data)["accuracy"] for i, m in enumerate(models)}
     order = sorted(score, key=score.get, reverse=True)
     chosen, best = [order[0]], score[order[0]]
@@ -198,8 +242,8 @@ def greedy_soup(models: Sequence[nn.Module], val_data: TensorData) -> tuple[nn.M
 def new_head(model: nn.Module, num_classes: int) -> nn.Module:
     """A copy of `model` whose last nn.Linear is replaced by a freshly initialised one with
     `num_classes` outputs (seed with seed_everything before calling)."""
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    num_classes = validate.integer("num_classes", num_classes, low=1)
+    _linears(model, "new_head replaces the last one")
     model = copy.deepcopy(model)
     name, old = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
     parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
@@ -209,7 +253,7 @@ def new_head(model: nn.Module, num_classes: int) -> nn.Module:
 
 def freeze_features(model: nn.Module) -> nn.Module:
     """Turn off gradients for every parameter except the last nn.Linear's (in place)."""
-    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    head = _linears(model, "freeze_features keeps the last one trainable")[-1][1]
     head_params = {id(p) for p in head.parameters()}
     for p in model.parameters():
         p.requires_grad_(id(p) in head_params)
@@ -218,7 +262,7 @@ def freeze_features(model: nn.Module) -> nn.Module:
 
 def reinitialize(model: nn.Module) -> nn.Module:
     """A copy of `model` with every layer's reset_parameters() called: same shape, no knowledge."""
-    model = copy.deepcopy(model)
+    model = copy.deepcopy(_check_model(model))
     for m in model.modules():
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
@@ -234,11 +278,12 @@ TRANSFER: dict[str, Callable[[nn.Module, int], nn.Module]] = {
 
 def prepare_transfer(model: nn.Module, mode: str, num_classes: int) -> nn.Module:
     """A copy of the pretrained `model` set up for a new task: mode "frozen", "full" or "scratch"."""
-    if mode not in TRANSFER:
-        raise ValueError(f"unknown transfer mode {mode!r}; valid: {', '.join(TRANSFER)}")
-    return TRANSFER[mode](model, num_classes)
+    make = validate.choice("transfer mode", mode, TRANSFER)
+    num_classes = validate.integer("num_classes", num_classes, low=1)
+    _linears(model, "transfer replaces the last one with a new head")
+    return make(model, num_classes)
 
 
 def trainable_params(model: nn.Module) -> int:
     """Number of parameter elements that will be trained (requires_grad)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return sum(p.numel() for p in _check_model(model).parameters() if p.requires_grad)

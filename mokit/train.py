@@ -201,6 +201,10 @@ class History:
         return self.epochs[-1] if self.epochs else {}
 
     def column(self, key: str) -> list:
+        """Every epoch's `key` (epoch, train_loss, train_acc, lr, seconds, val_acc with val_data)."""
+        keys = list(dict.fromkeys(k for e in self.epochs for k in e))
+        if any(key not in e for e in self.epochs):
+            raise ValueError(f"no column {key!r} in every epoch of this history; columns: {', '.join(keys)}")
         return [e[key] for e in self.epochs]
 
     def to_dict(self) -> dict:
@@ -475,6 +479,16 @@ def check_data(data, name: str = "data") -> TensorData:
     return data
 
 
+def check_shape(name: str, shape) -> tuple[int, ...]:
+    """`shape` (one example's shape, e.g. (1, 28, 28)) as a non-empty tuple of integers >= 1, else ValueError."""
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Iterable):
+        raise ValueError(f"{name} must be a tuple of sizes >= 1 such as (1, 28, 28), got {shape!r}")
+    dims = list(shape)
+    if not dims:
+        raise ValueError(f"{name} must be a tuple of sizes >= 1 such as (1, 28, 28), got {shape!r}")
+    return tuple(validate.integer(f"{name}[{i}]", d, low=1, what=f"in_shape {shape!r}") for i, d in enumerate(dims))
+
+
 def _check_batches(model: nn.Module, data) -> None:
     """train()'s data: a non-empty TensorData that fits the model, or a re-iterable of batches with a len()."""
     if isinstance(data, TensorData):
@@ -511,7 +525,9 @@ def check_train_args(model: nn.Module, data, **train_kw) -> dict:
     a["batch_size"] = validate.integer("batch_size", a["batch_size"], low=1)
     optimizer = a["optimizer"]
     _, default_lr = _lookup(OPTIMIZERS, optimizer, "optimizer")
-    _lookup(SCHEDULES, a["schedule"], "schedule")
+    sched = _lookup(SCHEDULES, a["schedule"], "schedule")
+    for t in (0.0, 0.5, 0.999):                      # a callable schedule must give usable multipliers
+        validate.number(f"schedule({t})", sched(t), low=0, what="the lr multiplier at that progress")
     a["lr"] = validate.number("lr", default_lr if a["lr"] is None else a["lr"], low=0, low_open=True)
     wd = a["weight_decay"]
     a["weight_decay"] = DEFAULT_WEIGHT_DECAY.get(optimizer, 0.0) if wd is None else \
@@ -597,6 +613,8 @@ def predict(model: nn.Module, data: TensorData, *, batch_size: int = 1024, tta: 
 
     tta: test-time augmentation (TTA): logits averaged over flipped / shifted views of each image.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     check_data(data)
     batch_size = validate.integer("batch_size", batch_size, low=1)
     views = _lookup(TTA, tta, "tta")
@@ -732,7 +750,7 @@ RECIPE_EXTRAS = ("dataset", "init", "tta", "smoke_epochs")   # recipe keys that 
 
 def recipe_train_kw(model_name: str) -> dict:
     """The train() keyword arguments of RECIPES[model_name] (without dataset, init, tta, smoke_epochs)."""
-    if model_name not in RECIPES:
+    if not isinstance(model_name, str) or model_name not in RECIPES:
         raise ValueError(f"no baseline recipe for {model_name!r}; recipes exist for: {', '.join(RECIPES)}")
     return {k: v for k, v in RECIPES[model_name].items() if k not in RECIPE_EXTRAS}
 
@@ -743,7 +761,7 @@ def baseline(model_name: str, *, smoke: bool = False, dataset: str | None = None
 
     smoke=True trains 1 epoch (or the recipe's smoke_epochs) on SMOKE_TRAIN examples (tests); it never shares a checkpoint with
     the full recipe. Returns (model, info) where info has "train", "test" (TensorData on the
-    device), "test_acc" and "seconds" (training time, 0 if it was loaded).
+    device), "test_acc" and "seconds" (training time, 0 if it was loaded). The model is in eval mode.
     """
     from .data import load_dataset
 
@@ -760,6 +778,7 @@ def baseline(model_name: str, *, smoke: bool = False, dataset: str | None = None
     if smoke:
         recipe["epochs"] = smoke_epochs
     model, meta = load_or_train(model_name, train_data, seed=seed, device=device, progress=progress, **recipe)
+    model.eval()            # trained or loaded, it comes back ready to evaluate (train() switches it back)
     return model, {**meta, "train": train_data, "test": test_data,
                    "test_acc": _checkpoint_accuracy(model, meta, test_data, tta), "tta": tta,
                    "seconds": 0.0 if meta["loaded"] else meta["train_seconds"]}

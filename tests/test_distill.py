@@ -190,3 +190,96 @@ def test_cache_bad_input(tiny):
         CachedTeacher(teacher, tr, batch_size=0)
     with pytest.raises(ValueError, match="only without augmentation"):
         CachedTeacher(teacher, tr, augment="flip_translate", logits=torch.zeros(len(tr), 10))
+
+
+# --- bad input, refused before any work (issue 13) ----------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _unchanged_after(call, model, match, kinds=(ValueError, TypeError)):
+    """call() raises one of `kinds` matching `match`; model's state and its hooks are as before."""
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hooks = {n: len(m._forward_hooks) for n, m in model.named_modules()}
+    with pytest.raises(kinds, match=match):
+        call()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()), "the model changed"
+    assert hooks == {n: len(m._forward_hooks) for n, m in model.named_modules()}, "a hook was left behind"
+
+
+def _student():
+    seed_everything(1)
+    return create_model("mlp", hidden=(16,))
+
+
+BAD_DISTILL = [
+    ("cache empty data", lambda tr, t: CachedTeacher(t, tr.take(slice(0, 0))), "data is empty"),
+    ("cache no data", lambda tr, t: CachedTeacher(t, None), "data must be a TensorData"),
+    ("cache batch_size True", lambda tr, t: CachedTeacher(t, tr, batch_size=True), "batch_size must be"),
+    ("cache batch_size 1.5", lambda tr, t: CachedTeacher(t, tr, batch_size=1.5), "batch_size must be"),
+    ("cache seed -1", lambda tr, t: CachedTeacher(t, tr, seed=-1), "seed must be"),
+    ("cache seed True", lambda tr, t: CachedTeacher(t, tr, seed=True), "seed must be"),
+    ("cache logits length", lambda tr, t: CachedTeacher(t, tr, logits=torch.zeros(3, 10)), "logits must be"),
+    ("cache logits type", lambda tr, t: CachedTeacher(t, tr, logits=5), "logits must be"),
+    ("cache logits 1-D", lambda tr, t: CachedTeacher(t, tr, logits=torch.zeros(len(tr))), "logits must be"),
+    ("cache logits nan", lambda tr, t: CachedTeacher(t, tr, logits=torch.full((len(tr), 10), NAN)), "finite"),
+    ("cache logits int", lambda tr, t: CachedTeacher(t, tr, logits=torch.zeros(len(tr), 10, dtype=torch.long)),
+     "logits must be"),
+    ("cache teacher 5", lambda tr, t: CachedTeacher(5, tr), "teacher must be"),
+    ("cache of a cache", lambda tr, t: CachedTeacher(CachedTeacher(t, tr.subset(8)), tr), "teacher must be"),
+    ("cache precision", lambda tr, t: CachedTeacher(t, tr, precision="fp8"), "unknown precision"),
+    ("distill teacher 5", lambda tr, t: distill_loss(5), "teacher must be"),
+    ("distill temperature inf", lambda tr, t: distill_loss(t, temperature=INF), "temperature must be"),
+    ("soft_targets nan", lambda tr, t: soft_targets(torch.zeros(2, 3), NAN), "temperature must be"),
+    ("kd alpha nan", lambda tr, t: kd_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, dtype=torch.long),
+                                           alpha=NAN), "alpha must be"),
+    ("hint weight nan", lambda tr, t: hint_loss(_hint(t), weight=NAN), "weight must be"),
+    ("hint weight inf", lambda tr, t: hint_loss(_hint(t), weight=INF), "weight must be"),
+    ("hint weight True", lambda tr, t: hint_loss(_hint(t), weight=True), "weight must be"),
+    ("hint weight str", lambda tr, t: hint_loss(_hint(t), weight="1"), "weight must be"),
+    ("hint temperature", lambda tr, t: hint_loss(_hint(t), temperature=NAN), "temperature must be"),
+    ("hint model", lambda tr, t: hint_loss(t), "model must be a HintStudent"),
+    ("hint layer", lambda tr, t: HintStudent(_student(), t, layer="99", teacher_layer="1"), "no layer '99'"),
+    ("hint teacher_layer", lambda tr, t: HintStudent(_student(), t, layer="1", teacher_layer="99"), "no layer '99'"),
+    ("hint layer int", lambda tr, t: HintStudent(_student(), t, layer=1, teacher_layer="1"), "no layer 1"),
+    ("hint in_shape 0", lambda tr, t: HintStudent(_student(), t, "1", "1", in_shape=(0, 28, 28)), "in_shape"),
+    ("hint in_shape str", lambda tr, t: HintStudent(_student(), t, "1", "1", in_shape="abc"), "in_shape"),
+    ("hint in_shape float", lambda tr, t: HintStudent(_student(), t, "1", "1", in_shape=(1, 28.5, 28)), "in_shape"),
+    ("hint in_shape misfit", lambda tr, t: HintStudent(_student(), t, "2", "2", in_shape=(3, 32, 32)),
+     r"cannot run .* on inputs of shape \(3, 32, 32\)"),
+    ("hint teacher", lambda tr, t: HintStudent(_student(), 5, "1", "1"), "teacher must be an nn.Module"),
+    ("bias cls True", lambda tr, t: fit_class_bias(t, tr, cls=True), "cls must be"),
+    ("bias cls 1.5", lambda tr, t: fit_class_bias(t, tr, cls=1.5), "cls must be"),
+    ("bias cls nan", lambda tr, t: fit_class_bias(t, tr, cls=NAN), "cls must be"),
+    ("bias cls -1", lambda tr, t: fit_class_bias(t, tr, cls=-1), "class -1"),
+    ("bias fraction nan", lambda tr, t: fit_class_bias(t, tr, 3, NAN), "fraction must be"),
+    ("bias fraction True", lambda tr, t: fit_class_bias(t, tr, 3, True), "fraction must be"),
+    ("bias fraction 1", lambda tr, t: fit_class_bias(t, tr, 3, 1.0), "fraction must be"),
+    ("bias iters 0", lambda tr, t: fit_class_bias(t, tr, 3, iters=0), "iters must be"),
+    ("bias iters True", lambda tr, t: fit_class_bias(t, tr, 3, iters=True), "iters must be"),
+    ("bias empty data", lambda tr, t: fit_class_bias(t, tr.take(slice(0, 0)), 3), "data is empty"),
+    ("bias no Linear", lambda tr, t: fit_class_bias(torch.nn.Sequential(torch.nn.Flatten()), tr, 3), "no nn.Linear"),
+]
+
+
+def _hint(teacher):
+    """A HintStudent on a copy of the teacher (its feature hook stays off the shared one)."""
+    import copy
+    return HintStudent(_student(), copy.deepcopy(teacher), layer="2", teacher_layer="2")
+
+
+@pytest.mark.parametrize("label, call, match", BAD_DISTILL, ids=[c[0] for c in BAD_DISTILL])
+def test_distill_bad_input_refused_before_work(tiny, label, call, match):
+    tr, _, teacher = tiny
+    _unchanged_after(lambda: call(tr, teacher), teacher, match)
+
+
+def test_cache_of_a_plain_callable_teacher(tiny):
+    tr, _, teacher = tiny
+    sub = tr.subset(64)
+
+    def logits(x, y):
+        with torch.no_grad():
+            return teacher(x)
+    cache = CachedTeacher(logits, sub)
+    assert torch.allclose(cache.logits, predict(teacher, sub), atol=1e-5)

@@ -16,7 +16,9 @@ from mokit.ensemble import (
     greedy_soup,
     member_logits,
     new_head,
+    num_outputs,
     prepare_transfer,
+    reinitialize,
     trainable_params,
     uniform_soup,
     vote,
@@ -142,3 +144,81 @@ def test_transfer_modes():
         new_head(base, 0)
     head_only = freeze_features(copy.deepcopy(base))
     assert trainable_params(head_only) == 32 * 10 + 10
+
+
+# --- bad input, refused before any work (issue 13) ----------------------------------------------
+
+NAN = float("nan")
+
+
+def _m(classes=10):
+    seed_everything(2)
+    return create_model("mlp", hidden=(4,), num_classes=classes)
+
+
+def _conv_only():
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten())
+
+
+BAD_ENSEMBLE = [
+    ("Ensemble one model", lambda ms, d: Ensemble(ms[0]), "models must be a list"),
+    ("Ensemble str", lambda ms, d: Ensemble("abc"), "models must be a list"),
+    ("Ensemble member 5", lambda ms, d: Ensemble([ms[0], 5]), "must be nn.Modules"),
+    ("Ensemble combine list", lambda ms, d: Ensemble(ms, combine=["probs"]), "unknown combine"),
+    ("Ensemble combine None", lambda ms, d: Ensemble(ms, combine=None), "unknown combine"),
+    ("Ensemble weights nan", lambda ms, d: Ensemble(ms, weights=[NAN, 1]), "weights must be 2"),
+    ("Ensemble weights bools", lambda ms, d: Ensemble(ms, weights=[True, False]), "weights must be 2"),
+    ("Ensemble weights str", lambda ms, d: Ensemble(ms, weights="ab"), "weights must be 2"),
+    ("Ensemble weights number", lambda ms, d: Ensemble(ms, weights=3), "weights must be 2"),
+    ("Ensemble weights zero", lambda ms, d: Ensemble(ms, weights=[0, 0]), "weights must be 2"),
+    ("Ensemble weights bool tensor", lambda ms, d: Ensemble(ms, weights=torch.tensor([True, True])), "weights must be 2"),
+    ("Ensemble in_shape 0", lambda ms, d: Ensemble(ms, in_shape=(0, 28, 28)), "in_shape"),
+    ("Ensemble in_shape str", lambda ms, d: Ensemble(ms, in_shape="abc"), "in_shape"),
+    ("Ensemble in_shape misfit", lambda ms, d: Ensemble(ms, in_shape=(3, 32, 32)), "cannot run"),
+    ("fit_weights empty", lambda ms, d: fit_weights(ms, d.take(slice(0, 0))), "val_data is empty"),
+    ("fit_weights no data", lambda ms, d: fit_weights(ms, None), "val_data must be a TensorData"),
+    ("fit_weights steps 0", lambda ms, d: fit_weights(ms, d, steps=0), "steps must be"),
+    ("fit_weights steps True", lambda ms, d: fit_weights(ms, d, steps=True), "steps must be"),
+    ("fit_weights steps 2.5", lambda ms, d: fit_weights(ms, d, steps=2.5), "steps must be"),
+    ("fit_weights lr nan", lambda ms, d: fit_weights(ms, d, lr=NAN), "lr must be"),
+    ("fit_weights lr 0", lambda ms, d: fit_weights(ms, d, lr=0), "lr must be"),
+    ("fit_weights combine", lambda ms, d: fit_weights(ms, d, combine="vote"), "unknown combine"),
+    ("member_logits empty", lambda ms, d: member_logits(ms, d.take(slice(0, 0))), "data is empty"),
+    ("vote_accuracy empty", lambda ms, d: vote_accuracy(ms, d.take(slice(0, 0))), "data is empty"),
+    ("greedy_soup empty", lambda ms, d: greedy_soup(ms, d.take(slice(0, 0))), "val_data is empty"),
+    ("average_weights nan", lambda ms, d: average_weights(ms, weights=[NAN, 1]), "weights must be 2"),
+    ("average_weights one model", lambda ms, d: average_weights(ms[0]), "models must be a list"),
+    ("uniform_soup none", lambda ms, d: uniform_soup([]), "at least one model"),
+    ("new_head no Linear", lambda ms, d: new_head(_conv_only(), 5), "no nn.Linear"),
+    ("new_head True", lambda ms, d: new_head(ms[0], True), "num_classes must be"),
+    ("new_head 2.5", lambda ms, d: new_head(ms[0], 2.5), "num_classes must be"),
+    ("new_head 0", lambda ms, d: new_head(ms[0], 0), "num_classes must be"),
+    ("new_head model", lambda ms, d: new_head("model", 3), "model must be an nn.Module"),
+    ("freeze no Linear", lambda ms, d: freeze_features(_conv_only()), "no nn.Linear"),
+    ("transfer mode list", lambda ms, d: prepare_transfer(ms[0], ["full"], 3), "unknown transfer mode"),
+    ("transfer classes True", lambda ms, d: prepare_transfer(ms[0], "frozen", True), "num_classes must be"),
+    ("transfer no Linear", lambda ms, d: prepare_transfer(_conv_only(), "frozen", 3), "no nn.Linear"),
+    ("reinitialize 5", lambda ms, d: reinitialize(5), "model must be an nn.Module"),
+    ("trainable_params 5", lambda ms, d: trainable_params(5), "model must be an nn.Module"),
+    ("num_outputs in_shape", lambda ms, d: num_outputs(ms[0], in_shape=(-1,)), "in_shape"),
+]
+
+
+@pytest.mark.parametrize("label, call, match", BAD_ENSEMBLE, ids=[c[0] for c in BAD_ENSEMBLE])
+def test_ensemble_bad_input_refused_before_work(standin_mnist, label, call, match):
+    models = [_m(), _m()]
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
+    grads = [[p.requires_grad for p in m.parameters()] for m in models]
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(models, standin_mnist[1])
+    for m, b, g in zip(models, before, grads):
+        assert all(torch.equal(v, m.state_dict()[k]) for k, v in b.items())
+        assert g == [p.requires_grad for p in m.parameters()]
+
+
+def test_weights_as_numpy_tensor_or_tensors_are_accepted():
+    import numpy as np
+    models = [_m(), _m()]
+    for w in (np.array([1.0, 3.0]), torch.tensor([1.0, 3.0]), [torch.tensor(1.0), np.float32(3.0)], (1, 3)):
+        assert torch.allclose(Ensemble(models, weights=w).weights, torch.tensor([0.25, 0.75]))
+    assert len(Ensemble(torch.nn.ModuleList(models)).members) == 2       # a ModuleList is a list of models

@@ -206,3 +206,25 @@ def test_json_meta_of_a_checkpoint_is_kept(tmp_path):
     model = _fresh()
     T.save_model(model, tmp_path / "m.pt", {"history": {"epochs": [{"a": 1.5}]}})
     assert json.dumps(T.load_state(tmp_path / "m.pt")[1]) == '{"history": {"epochs": [{"a": 1.5}]}}'
+
+
+def test_callable_schedules_are_probed_before_work(tr):
+    model = _fresh()
+    refused_before_work(lambda: T.train(model, tr, schedule=lambda t: math.nan, progress=False), model,
+                        r"schedule\(0.0\) must be a finite number >= 0")
+    refused_before_work(lambda: T.train(model, tr, schedule=lambda t: -1.0, progress=False), model, "schedule")
+    h = T.train(_fresh(), tr, epochs=1, schedule=lambda t: 1 - t, progress=False)
+    assert h.column("epoch") == [1]
+
+
+def test_history_column_names_the_columns(tr):
+    h = T.train(_fresh(), tr, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="no column 'val_acc'.*columns: epoch, train_loss"):
+        h.column("val_acc")
+
+
+def test_predict_refuses_a_non_model_and_recipes_a_non_name(te):
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        T.predict(lambda x: x, te)
+    with pytest.raises(ValueError, match="no baseline recipe"):
+        T.recipe_train_kw(["lenet5"])
