@@ -26,6 +26,7 @@ import hashlib
 import inspect
 import json
 import math
+import numbers
 import os
 import random
 import time
@@ -61,27 +62,41 @@ class Param:
 def _when(when: dict | None) -> tuple:
     if when is None:
         return ()
-    if not isinstance(when, dict) or not when:
+    if not isinstance(when, dict) or not when or not all(isinstance(k, str) and k for k in when):
         raise ValueError(f"when must be a non-empty dict {{name: [values]}}, got {when!r}")
-    return tuple((k, tuple(v) if isinstance(v, (list, tuple)) else (v,)) for k, v in when.items())
+    out = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else (v,)) for k, v in when.items())
+    for k, values_ in out:
+        if not values_:
+            raise ValueError(f"when[{k!r}] must list at least one value, got {when[k]!r}")
+    return out
+
+
+def _plain_option(o):
+    """An option as the trial log stores it: None, a bool, a string, a finite number, or a tuple of them."""
+    if isinstance(o, (list, tuple)):
+        return tuple(_plain_option(x) for x in o)
+    if hasattr(o, "item") and not isinstance(o, (str, bytes)):      # numpy / torch scalars
+        o = o.item()
+    if o is None or isinstance(o, (bool, str)) or (isinstance(o, numbers.Real) and math.isfinite(o)):
+        return o
+    raise ValueError(f"a choice option must be None, a bool, a string, a finite number or a tuple of them "
+                     f"(the trial log holds it as JSON), got {o!r}")
 
 
 def choice(*options, when: dict | None = None) -> Param:
-    """A categorical decision among `options` (any JSON-able values, e.g. tuples of widths)."""
+    """A categorical decision among `options` (None, bools, strings, finite numbers, tuples of them)."""
     if not options:
         raise ValueError("choice() needs at least one option")
-    options = tuple(tuple(o) if isinstance(o, list) else o for o in options)
+    options = tuple(_plain_option(o) for o in options)
     if len(set(map(repr, options))) != len(options):
         raise ValueError(f"choice options must be distinct, got {options}")
     return Param("choice", options=options, when=_when(when))
 
 
 def _range(kind: str, low, high, log: bool, when) -> Param:
-    number = int if kind == "int" else (int, float)
-    for label, v in (("low", low), ("high", high)):
-        if not isinstance(v, number) or isinstance(v, bool) or not math.isfinite(v):
-            raise ValueError(f"{kind}_range {label} must be a finite {'integer' if kind == 'int' else 'number'}, "
-                             f"got {v!r}")
+    check = validate.integer if kind == "int" else validate.number
+    low, high = check(f"{kind}_range low", low), check(f"{kind}_range high", high)
+    _check_bool(f"{kind}_range log", log)
     if low >= high:
         raise ValueError(f"{kind}_range needs low < high, got low={low}, high={high}")
     if log and low <= 0:
@@ -96,7 +111,7 @@ def int_range(low: int, high: int, *, log: bool = False, when: dict | None = Non
 
 def float_range(low: float, high: float, *, log: bool = False, when: dict | None = None) -> Param:
     """Reals in [low, high] (log=True: log-uniform, e.g. learning rates)."""
-    return _range("float", float(low), float(high), log, when)
+    return _range("float", low, high, log, when)
 
 
 def validate_space(space: dict) -> dict:
@@ -105,6 +120,8 @@ def validate_space(space: dict) -> dict:
         raise ValueError(f"a search space must be a non-empty dict of name -> Param, got {space!r}")
     seen: dict[str, Param] = {}
     for name, p in space.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a search space's decision names must be non-empty strings, got name {name!r}")
         if not isinstance(p, Param):
             raise ValueError(f"space[{name!r}] must be a Param from choice/int_range/float_range, got {p!r}")
         for other, values in p.when:
@@ -143,10 +160,9 @@ def sample(space: dict, rng: random.Random) -> dict:
 
 def values(p: Param, points: int = 3) -> list:
     """`points` evenly spaced values of a range (log-spaced if log), or a choice's options."""
+    points = validate.integer("points", points, low=1, what="values per range")
     if p.kind == "choice":
         return list(p.options)
-    if points < 1:
-        raise ValueError(f"points must be >= 1, got {points}")
     ts = [0.5] if points == 1 else [i / (points - 1) for i in range(points)]
     lo, hi = (math.log(p.low), math.log(p.high)) if p.log else (p.low, p.high)
     out = [math.exp(lo + t * (hi - lo)) if p.log else lo + t * (hi - lo) for t in ts]
@@ -156,12 +172,23 @@ def values(p: Param, points: int = 3) -> list:
 def grid(space: dict, points: int | dict = 3) -> list[dict]:
     """Every combination of `values(p, points)` over the active decisions (points may be per name)."""
     validate_space(space)
+    points = _check_points(space, points)
     configs: list[dict] = [{}]
     for name, p in space.items():
         k = points.get(name, 3) if isinstance(points, dict) else points
         configs = [{**c, name: v} if is_active(p, c) else c
                    for c in configs for v in (values(p, k) if is_active(p, c) else [None])]
     return configs
+
+
+def _check_points(space: dict, points) -> int | dict:
+    """points: values per range, one integer >= 1 for every range or a dict of them by decision name."""
+    if isinstance(points, dict):
+        unknown = [k for k in points if k not in space]
+        if unknown:
+            raise ValueError(f"points names {unknown} that are not decisions of the space ({', '.join(space)})")
+        return {k: validate.integer(f"points[{k!r}]", v, low=1, what="values per range") for k, v in points.items()}
+    return validate.integer("points", points, low=1, what="values per range, or a dict of them by name")
 
 
 def repair(space: dict, config: dict, rng: random.Random) -> dict:
@@ -359,10 +386,15 @@ def _repair_tail(fd: int) -> None:
     os.fsync(fd)
 
 
+def _check_search_name(name) -> str:
+    if not isinstance(name, str) or not name or name.startswith(".") or any(c in name for c in "/\\\0"):
+        raise ValueError(f"search name must be a plain folder name, got {name!r}")
+    return name
+
+
 def search_path(name: str) -> Path:
     """Folder of the search called `name`: <runs>/searches/<name>."""
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"search name must be a plain folder name, got {name!r}")
+    _check_search_name(name)
     from .data import runs_root  # lazily: a search worker need not import torch
     return runs_root() / "searches" / name
 
@@ -376,8 +408,7 @@ class Runner:
 
     def __init__(self, objective: Callable, *, metric: str = "score", maximize: bool = True,
                  name: str | None = None, path: str | os.PathLike | None = None, verbose: bool = False):
-        if not callable(objective):
-            raise ValueError(f"objective must be callable objective(config, budget), got {objective!r}")
+        _check_runner(objective, metric, maximize, name, path, verbose)
         self.objective, self.metric, self.maximize, self.verbose = objective, metric, maximize, verbose
         folder = Path(path) if path is not None else (search_path(name) if name else None)
         self.log = TrialLog(folder / "trials.jsonl") if folder is not None else None
@@ -388,6 +419,8 @@ class Runner:
     def __call__(self, config: dict, budget: int) -> Trial:
         """The trial of (config, budget): from this search, from the log, or run now."""
         _check_budget(budget)
+        if not isinstance(config, dict):
+            raise ValueError(f"config must be a dict of decision name -> value, got {config!r}")
         key = trial_key(config, budget)
         if key in self._keys:
             return self._keys[key]
@@ -430,12 +463,52 @@ def format_config(config: dict) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
 
 
-def _check_budget(budget) -> None:
-    validate.integer("budget", budget, low=1, what="training epochs")
+def _check_budget(budget, name: str = "budget") -> None:
+    validate.integer(name, budget, low=1, what="training epochs")
 
 
 def _check_count(name: str, n) -> None:
     validate.integer(name, n, low=1)
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _check_callable(name: str, fn, signature: str, *, optional: bool = True) -> None:
+    if not (callable(fn) or (optional and fn is None)):
+        raise ValueError(f"{name} must be callable, {signature}{' (or None)' if optional else ''}, got {fn!r}")
+
+
+def _check_metric(name: str, metric) -> str:
+    if not isinstance(metric, str) or not metric:
+        raise ValueError(f"{name} must be a metric's name (a non-empty string), got {metric!r}")
+    return metric
+
+
+def _check_runner(objective, metric, maximize, name, path, verbose) -> None:
+    """A Runner's arguments (also checked by every strategy before it starts)."""
+    _check_callable("objective", objective, "objective(config, budget) -> float or dict", optional=False)
+    _check_metric("metric", metric)
+    _check_bool("maximize", maximize)
+    _check_bool("verbose", verbose)
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path must be a folder (str or os.PathLike) or None, got {path!r}")
+    if name is not None:
+        _check_search_name(name)
+
+
+def _check_run(objective, space, metric, maximize, name, path, verbose, *, seed=0, feasible=None,
+               mutate_fn=None, seed_optional: bool = False) -> None:
+    """Every argument a strategy shares, checked before it does anything."""
+    _check_runner(objective, metric, maximize, name, path, verbose)
+    validate_space(space)
+    if not (seed_optional and seed is None):
+        validate.integer("seed", seed, what="or None" if seed_optional else "")
+    _check_callable("feasible", feasible, "feasible(config) -> bool")
+    _check_callable("mutate_fn", mutate_fn, "mutate_fn(space, config, rng) -> config")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -540,8 +613,10 @@ def grid_search(objective: Callable, space: dict, *, budget: int, points: int | 
                 path=None, verbose: bool = False) -> SearchResult:
     """Every config of grid(space, points), each trained for `budget` epochs."""
     _check_budget(budget)
+    _check_run(objective, space, metric, maximize, name, path, verbose)
+    configs = grid(space, points)
     run = _setup(objective, space, metric, maximize, name, path, verbose)
-    for config in grid(space, points):
+    for config in configs:
         run(config, budget)
     return SearchResult("grid", run.trials, metric, maximize)
 
@@ -552,6 +627,7 @@ def random_search(objective: Callable, space: dict, *, budget: int, n_trials: in
     """n_trials distinct configs drawn with Random(seed), each trained for `budget` epochs."""
     _check_budget(budget)
     _check_count("n_trials", n_trials)
+    _check_run(objective, space, metric, maximize, name, path, verbose, seed=seed, feasible=feasible)
     run = _setup(objective, space, metric, maximize, name, path, verbose)
     rng = random.Random(seed)
     for _ in range(50 * n_trials):
@@ -565,12 +641,11 @@ def random_search(objective: Callable, space: dict, *, budget: int, n_trials: in
 
 def _rungs(min_budget: int, max_budget: int, eta: int) -> list[int]:
     """Budgets min, min*eta, ... up to max (max always the last rung)."""
-    _check_budget(min_budget)
-    _check_budget(max_budget)
+    _check_budget(min_budget, "min_budget")
+    _check_budget(max_budget, "max_budget")
     if max_budget < min_budget:
         raise ValueError(f"max_budget {max_budget} must be >= min_budget {min_budget}")
-    if not isinstance(eta, int) or eta < 2:
-        raise ValueError(f"eta must be an integer >= 2, got {eta!r}")
+    validate.integer("eta", eta, low=2, what="the reduction factor")
     rungs = [min_budget]
     while rungs[-1] * eta <= max_budget:
         rungs.append(rungs[-1] * eta)
@@ -612,6 +687,7 @@ def successive_halving(objective: Callable, space: dict, *, n_configs: int, min_
     """
     _check_count("n_configs", n_configs)
     rungs = _rungs(min_budget, max_budget, eta)
+    _check_run(objective, space, metric, maximize, name, path, verbose, seed=seed, feasible=feasible)
     run = _setup(objective, space, metric, maximize, name, path, verbose)
     _halve(run, _distinct(space, random.Random(seed), n_configs, feasible), rungs, eta)
     return SearchResult("successive_halving", run.trials, metric, maximize)
@@ -626,6 +702,7 @@ def hyperband(objective: Callable, space: dict, *, min_budget: int, max_budget: 
     s_max = len(rungs) - 1; bracket s starts n = ceil((s_max+1)/(s+1) * eta^s) configs at rung s_max - s.
     """
     rungs = _rungs(min_budget, max_budget, eta)
+    _check_run(objective, space, metric, maximize, name, path, verbose, seed=seed, feasible=feasible)
     run = _setup(objective, space, metric, maximize, name, path, verbose)
     rng, s_max = random.Random(seed), len(rungs) - 1
     for s in range(s_max, -1, -1):
@@ -649,6 +726,8 @@ def evolution(objective: Callable, space: dict, *, budget: int, n_trials: int, p
     _check_count("n_trials", n_trials)
     _check_count("population", population)
     _check_count("sample_size", sample_size)
+    _check_run(objective, space, metric, maximize, name, path, verbose, seed=seed, feasible=feasible,
+               mutate_fn=mutate_fn)
     run = _setup(objective, space, metric, maximize, name, path, verbose)
     rng, mutate_fn = random.Random(seed), mutate_fn or mutate
     alive: list[Trial] = []
@@ -679,6 +758,8 @@ def hill_climb(objective: Callable, space: dict, *, budget: int, n_trials: int, 
     _check_budget(budget)
     _check_count("n_trials", n_trials)
     _check_count("neighbors", neighbors)
+    _check_run(objective, space, metric, maximize, name, path, verbose, seed=seed, feasible=feasible,
+               mutate_fn=mutate_fn)
     run = _setup(objective, space, metric, maximize, name, path, verbose)
     rng, mutate_fn = random.Random(seed), mutate_fn or mutate
     better = (lambda a, b: a > b) if maximize else (lambda a, b: a < b)
@@ -719,6 +800,9 @@ def tree_search(objective: Callable, space: dict, *, budget: int, n_trials: int,
     """
     _check_budget(budget)
     _check_count("n_trials", n_trials)
+    validate.integer("points", points, low=1, what="values per range")
+    validate.number("exploration", exploration, low=0, what="the UCT constant c")
+    _check_run(objective, space, metric, maximize, name, path, verbose, seed=seed, feasible=feasible)
     run = _setup(objective, space, metric, maximize, name, path, verbose)
     rng, names = random.Random(seed), list(space)
     stats: dict[tuple, list[float]] = {}                  # prefix -> [visits, sum of values]
@@ -795,6 +879,8 @@ def train_objective(build: Callable[[dict], object], train_data, val_data, *, se
     The data moves to `device` (default: pick_device()) once, here, not once per trial; data
     already there is kept as it is (no copy).
     """
+    _check_callable("build", build, "build(config) -> model", optional=False)
+    validate.integer("seed", seed)
     from .metrics import count_params
     from .train import evaluate, pick_device, seed_everything, train
 
@@ -871,6 +957,18 @@ def _suggest(trial, space: dict) -> dict:
 
 
 _COUNTED = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
+_PRUNERS = ("median", "successive_halving", "hyperband", "none")
+
+
+def _check_objectives(objectives) -> list[tuple[str, bool]]:
+    """[(metric, maximize), ...]: at least one pair of a metric's name and True / False."""
+    ok = isinstance(objectives, (list, tuple)) and len(objectives) > 0 and all(
+        isinstance(o, (list, tuple)) and len(o) == 2 and isinstance(o[0], str) and o[0]
+        and isinstance(o[1], bool) for o in objectives)
+    if not ok:
+        raise ValueError(f"objectives must be a non-empty list of (metric name, maximize True/False) pairs, "
+                         f"got {objectives!r}")
+    return [tuple(o) for o in objectives]
 
 
 def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: int,
@@ -893,15 +991,23 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
     _check_budget(budget)
     _check_count("n_trials", n_trials)
     samplers = _samplers()
-    if sampler not in samplers:
-        raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(samplers)}")
+    validate.choice("sampler", sampler, samplers)
+    validate.choice("pruner", pruner, _PRUNERS)
+    _check_budget(min_budget, "min_budget")
+    validate.integer("eta", eta, low=2, what="the reduction factor")
     rungs = _rungs(min_budget, budget, eta) if pruner != "none" else [budget]
     pruners = _pruners(rungs, eta)
-    if pruner not in pruners:
-        raise ValueError(f"unknown pruner {pruner!r}; valid: {', '.join(pruners)}")
-    objectives = list(objectives) if objectives else [(metric, maximize)]
+    if objectives is not None:
+        objectives = _check_objectives(objectives)
+    objectives = objectives or [(metric, maximize)]
     if len(objectives) > 1 and pruner != "none":
         raise ValueError("Optuna pruners work with one objective; use pruner='none' with several")
+    if storage is not None and not isinstance(storage, (str, os.PathLike, optuna.storages.BaseStorage)):
+        raise ValueError(f"storage must be None, a journal file path, an RDB URL or an Optuna storage, "
+                         f"got {storage!r}")
+    if study_name is not None and (not isinstance(study_name, str) or not study_name):
+        raise ValueError(f"study_name must be a non-empty string or None, got {study_name!r}")
+    _check_run(objective, space, metric, maximize, name, path, verbose, seed=seed, seed_optional=True)
     metric, maximize = objectives[0]
     run = _setup(objective, space, metric, maximize, name, path, verbose)
     optuna.logging.set_verbosity(optuna.logging.ERROR)      # mokit prints failed trials itself

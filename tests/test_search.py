@@ -1,5 +1,6 @@
 """mokit.search: spaces, strategies against brute force, persistence, SIGKILL resume, two workers."""
 
+import functools
 import json
 import math
 import os
@@ -388,6 +389,7 @@ def test_train_objective_moves_the_data_to_the_device_once(monkeypatch):
     val_data = Counted(x[80:], y[80:], "mnist", "train", tuple(map(str, range(10))), real=False)
     seen, real_train = [], mokit.train.train
 
+    @functools.wraps(real_train)      # train() checks its keywords against its module's `train` signature
     def spy(model, data, **kw):
         seen.append((data.x, data.y, kw["device"]))
         return real_train(model, data, **kw)
@@ -417,7 +419,8 @@ def test_train_objective_keeps_data_already_on_the_device():
     seen = []
     with pytest.MonkeyPatch.context() as mp:
         real_train = mokit.train.train
-        mp.setattr(mokit.train, "train", lambda model, d, **kw: (seen.append(d.x), real_train(model, d, **kw)))
+        mp.setattr(mokit.train, "train", functools.wraps(real_train)(
+            lambda model, d, **kw: (seen.append(d.x), real_train(model, d, **kw))))
         obj = S.train_objective(lambda c: create_model("mlp", hidden=(8,)), tr, val, device="cpu")
         obj({}, 1)
     assert seen and seen[0] is tr.x                                  # the very tensor it was given
