@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from . import validate
+
 # ---------------------------------------------------------------------------------------------
 # Paths and atomic writes
 # ---------------------------------------------------------------------------------------------
@@ -55,10 +57,20 @@ def runs_root() -> Path:
 
 
 def checkpoint_path(name: str) -> Path:
-    """Where the checkpoint called `name` lives (under the cache root)."""
+    """Where the checkpoint called `name` lives: <cache root>/checkpoints/<name>.pt, never outside it.
+
+    `name` is a plain file stem: no path separators, no '..', not hidden (a leading '.').
+    """
+    if not isinstance(name, str) or not name or name.startswith(".") or ".." in name \
+            or any(c in name for c in ("/", "\\", "\0", os.sep, os.altsep or "/")):
+        raise ValueError(f"checkpoint name must be a plain file stem (no path separators, no '..', "
+                         f"not starting with '.'), got {name!r}")
     folder = cache_root() / "checkpoints"
+    path = folder / f"{name}.pt"
+    if path.resolve().parent != folder.resolve():
+        raise ValueError(f"checkpoint name {name!r} points outside {folder}")
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{name}.pt"
+    return path
 
 
 _UMASK = os.umask(0o022)
@@ -189,11 +201,17 @@ def list_datasets() -> list[str]:
 
 
 def _check_name_split(name: str, split: str) -> Spec:
-    if name not in DATASETS:
+    if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
-    if split not in SPLITS:
+    if not isinstance(split, str) or split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     return DATASETS[name]
+
+
+def _check_flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,14 +254,25 @@ class TensorData:
 
     def subset(self, n: int, seed: int = 0, balanced: bool = False) -> TensorData:
         """n examples drawn without replacement (seeded); balanced=True takes n/classes per class."""
-        if not 1 <= n <= len(self):
-            raise ValueError(f"subset size {n} must be between 1 and {len(self)}")
+        n = validate.integer("subset size", n, low=1, high=max(1, len(self)),
+                             what=f"this {self.name}/{self.split} holds {len(self)} examples")
+        seed = validate.integer("seed", seed)
+        _check_flag("balanced", balanced)
         g = torch.Generator().manual_seed(seed)
         if not balanced:
             idx = torch.randperm(len(self), generator=g)[:n]
         else:
             per = n // self.num_classes
+            if per < 1:
+                raise ValueError(f"a balanced subset takes n / classes examples per class: subset size {n} "
+                                 f"is below the {self.num_classes} classes")
             y = self.y.cpu()
+            counts = torch.bincount(y, minlength=self.num_classes).tolist()
+            short = [(c, k) for c, k in enumerate(counts) if k < per]
+            if short:
+                c, k = short[0]
+                raise ValueError(f"a balanced subset of {n} takes {per} per class, but class "
+                                 f"{self.classes[c]!r} has {k} example{'s' if k != 1 else ''}")
             idx = torch.cat([
                 torch.nonzero(y == c).flatten()[torch.randperm(int((y == c).sum()), generator=g)[:per]]
                 for c in range(self.num_classes)])
@@ -251,8 +280,11 @@ class TensorData:
 
     def split_off(self, n: int, seed: int = 0) -> tuple[TensorData, TensorData]:
         """Split into (rest, held_out) with n held-out examples, e.g. a validation set."""
-        if not 1 <= n < len(self):
-            raise ValueError(f"held-out size {n} must be between 1 and {len(self) - 1}")
+        if len(self) < 2:
+            raise ValueError(f"split_off needs at least 2 examples, this {self.name}/{self.split} holds {len(self)}")
+        n = validate.integer("held-out size", n, low=1, high=len(self) - 1,
+                             what=f"this {self.name}/{self.split} holds {len(self)} examples")
+        seed = validate.integer("seed", seed)
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)).to(self.x.device)
         return self.take(idx[n:]), self.take(idx[:n])
 
@@ -290,8 +322,14 @@ class Batches:
 
     def __init__(self, data: TensorData, batch_size: int = 128, *, shuffle: bool = True,
                  seed: int = 0, augment: bool | str = False, drop_last: bool = False):
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if not isinstance(data, TensorData):
+            raise ValueError(f"Batches needs a TensorData (see load_dataset), got {type(data).__name__}")
+        if len(data) == 0:
+            raise ValueError(f"Batches needs at least one example; {data.name}/{data.split} is empty")
+        batch_size = validate.integer("batch_size", batch_size, low=1)
+        seed = validate.integer("seed", seed)
+        _check_flag("shuffle", shuffle)
+        _check_flag("drop_last", drop_last)
         self.data, self.batch_size, self.shuffle = data, min(batch_size, len(data)), shuffle
         self.augment, self.drop_last = check_augment(augment), drop_last
         self.generator = torch.Generator().manual_seed(seed)
@@ -350,12 +388,16 @@ def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int, mod
 
 def random_crop(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Each image cropped back to its size at a random offset after zero-padding by `pad`."""
+    pad = validate.integer("pad", pad, low=0)
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator, got {generator!r}")
     off = torch.randint(0, 2 * pad + 1, (2, len(x)), generator=generator).to(x.device)
     return translate(x, off[0], off[1], pad)
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random crop after zero-padding by `pad`, then a random horizontal flip; (B, C, H, W) -> same."""
+    pad = validate.integer("pad", pad, low=0)
     out = random_crop(x, generator, pad)
     flip = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)[:, None, None, None]
     return torch.where(flip, out.flip(3), out)
@@ -374,11 +416,19 @@ def load_dataset(name: str, split: str = "train", *, root: str | os.PathLike | N
     load takes well under a second for MNIST-sized sets.
     """
     spec = _check_name_split(name, split)
-    if subset is not None and (not isinstance(subset, int) or subset < 1):
-        raise ValueError(f"subset must be a positive integer or None, got {subset!r}")
+    size = spec.sizes[SPLITS.index(split)]
+    if subset is not None:
+        subset = validate.integer("subset", subset, low=1, high=size,
+                                  what=f"or None; {name}'s {split} split holds {size} examples")
+    seed = validate.integer("seed", seed)
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise ValueError(f"root must be a folder (str or os.PathLike) or None, got {root!r}")
     root = Path(root).expanduser().resolve() if root is not None else data_root()
     images, labels, real = _load_uint8(name, split, root)
     raw = TensorData(images, labels.long(), name, split, spec.classes, real)   # uint8: subset and move
+    if subset is not None and subset > len(raw):
+        raise ValueError(f"subset {subset} is larger than the {name} {split} split found under {root}: "
+                         f"{len(raw)} examples{'' if real else ' (a generated stand-in)'}")
     if subset is not None and subset < len(raw):                              # before the 4x larger floats
         raw = raw.subset(subset, seed=seed)
     if device is not None:
