@@ -5,14 +5,27 @@
     list_models()
 
 Every builder takes `in_shape=(C, H, W)` and `num_classes`, so any model runs on any dataset.
+Knobs are checked before anything is built (ValueError / TypeError naming the knob): widths are
+integers in [1, MAX_WIDTH], at most MAX_LAYERS per list, at most MAX_PARAMS parameters in all, and
+create_model makes one dry forward pass on in_shape (eval mode, no gradients, no BatchNorm update) so
+a model whose feature maps shrink to nothing is refused at build time, naming the shape.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+
+from . import validate
+
+MAX_WIDTH = 4096            # channels / units of one layer
+MAX_LAYERS = 64             # entries of one list knob (hidden, channels, dense, widths, blocks)
+MAX_PARAMS = 100_000_000    # 400 MB of float32 weights: a typo, not a course model
+MAX_INPUT = 2 ** 22         # elements of one example (3 x 1024 x 1024 fits)
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -32,28 +45,105 @@ def list_models() -> list[str]:
 
 
 def create_model(name: str, **kw) -> nn.Module:
-    """Build the registered model `name` with keyword knobs `kw`."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
-    return _REGISTRY[name](**kw)
+    """Build the registered model `name` with keyword knobs `kw`.
+
+    Unknown knobs are a TypeError naming them and the builder's knobs; the built model makes one
+    dry forward pass on its in_shape (see the module docstring) before it is returned."""
+    fn = validate.choice("model", name, _REGISTRY)
+    params = inspect.signature(fn).parameters
+    unknown = [k for k in kw if k not in params]
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise TypeError(f"unknown keyword {unknown[0]!r} for model {name!r}; valid: {', '.join(params)}")
+    model = fn(**kw)
+    in_shape = kw.get("in_shape", params["in_shape"].default if "in_shape" in params else None)
+    if in_shape is not None and in_shape is not inspect.Parameter.empty:
+        _dry_run(model, f"{name}({', '.join(f'{k}={v!r}' for k, v in kw.items())})", in_shape)
+    return model
+
+
+def _dry_run(model: nn.Module, what: str, in_shape: Sequence[int]) -> None:
+    """One forward pass of a zero example in eval mode (BatchNorm statistics untouched)."""
+    was = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *in_shape))
+    except RuntimeError as e:
+        raise ValueError(f"{what} does not run on input shape {tuple(in_shape)}: {e}") from None
+    finally:
+        for m, t in was.items():
+            m.training = t
 
 
 def _activation(name: str) -> nn.Module:
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
+    return validate.choice("activation", name, ACTIVATIONS)()
 
 
-def _positive_ints(name: str, values: Sequence[int]) -> list[int]:
+def _flag(name: str, value) -> bool:
+    if type(value).__name__ not in ("bool", "bool_"):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _positive_ints(name: str, values: Sequence[int], *, high: int = MAX_WIDTH) -> list[int]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, torch.Size)):
+        raise TypeError(f"{name} must be a sequence of positive integers, got {values!r}")
     values = list(values)
-    if not all(isinstance(v, int) and v >= 1 for v in values):
-        raise ValueError(f"{name} must be positive integers, got {values}")
-    return values
+    if len(values) > MAX_LAYERS:
+        raise ValueError(f"{name} must have at most {MAX_LAYERS} entries, got {len(values)}")
+    for v in values:
+        validate.integer(name, v, low=1, high=high, what=f"each entry of {values!r}")
+    return [int(v) for v in values]
 
 
-def _flat_size(features: nn.Module, in_shape: Sequence[int]) -> int:
-    with torch.no_grad():
-        return features(torch.zeros(1, *in_shape)).numel()
+def _in_shape(in_shape, *, image: bool = True) -> tuple[int, ...]:
+    """(C, H, W) of positive integers (image models), or any non-empty shape (MLPs)."""
+    if isinstance(in_shape, (str, bytes)) or not isinstance(in_shape, (Sequence, torch.Size)):
+        raise TypeError(f"in_shape must be a sequence of positive integers, got {in_shape!r}")
+    shape = tuple(validate.integer("in_shape", d, low=1, what=f"each dimension of {tuple(in_shape)!r}")
+                  for d in in_shape)
+    if image and len(shape) != 3:
+        raise ValueError(f"in_shape must be (C, H, W) for this model, got {shape}")
+    if not shape:
+        raise ValueError("in_shape must have at least one dimension, got ()")
+    if math.prod(shape) > MAX_INPUT:
+        raise ValueError(f"in_shape {shape} has {math.prod(shape):,} elements; at most {MAX_INPUT:,}")
+    return shape
+
+
+def _num_classes(num_classes) -> int:
+    return validate.integer("num_classes", num_classes, low=1, high=100_000)
+
+
+def _check_params(what: str, n: int) -> None:
+    if n > MAX_PARAMS:
+        raise ValueError(f"{what} would have about {n:,} parameters; at most {MAX_PARAMS:,}")
+
+
+def _flat_size(features: nn.Module, in_shape: Sequence[int], what: str = "the model") -> int:
+    """Elements per example after `features`, from one zero example run in eval mode.
+
+    Eval mode: BatchNorm on a single example in train mode has no batch statistics (and would move
+    the running statistics); here it uses its running ones, untouched. A layer that gets a feature
+    map too small for it, or one that shrinks it to 0, is a ValueError naming the input shape."""
+    was = {m: m.training for m in features.modules()}
+    features.eval()
+    x = torch.zeros(1, *in_shape)
+    try:
+        with torch.no_grad():
+            for i, layer in enumerate(features):
+                try:
+                    x = layer(x)
+                except RuntimeError as e:
+                    raise ValueError(f"{what} does not fit input shape {tuple(in_shape)}: layer {i} "
+                                     f"({layer}) gets a {tuple(x.shape[1:])} feature map: {e}") from None
+                if x.numel() == 0:
+                    raise ValueError(f"{what} on input shape {tuple(in_shape)}: the feature map shrinks "
+                                     f"to {tuple(x.shape[1:])} after layer {i} ({layer})")
+    finally:
+        for m, t in was.items():
+            m.training = t
+    return x[0].numel()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,8 +155,13 @@ def mlp(hidden: Sequence[int] = (300, 100), in_shape=(1, 28, 28), num_classes: i
         activation: str = "relu", dropout: float = 0.0) -> nn.Sequential:
     """Flatten -> [Linear -> act (-> dropout)] per hidden width -> Linear."""
     hidden = _positive_ints("hidden widths", hidden)
+    in_shape, num_classes = _in_shape(in_shape, image=False), _num_classes(num_classes)
+    validate.choice("activation", activation, ACTIVATIONS)
+    dropout = validate.number("dropout", dropout, low=0, high=1, high_open=True)
+    sizes = [math.prod(in_shape), *hidden, num_classes]
+    _check_params(f"mlp(hidden={hidden}, in_shape={in_shape})", sum((a + 1) * b for a, b in zip(sizes, sizes[1:])))
     layers: list[nn.Module] = [nn.Flatten()]
-    width = int(torch.tensor(in_shape).prod())
+    width = math.prod(in_shape)
     for h in hidden:
         layers += [nn.Linear(width, h), _activation(activation)]
         if dropout:
@@ -83,12 +178,21 @@ def convnet(channels: Sequence[int] = (32, 64), kernel_sizes: Sequence[int] | in
             in_shape=(1, 28, 28), num_classes: int = 10) -> nn.Sequential:
     """[Conv(k, 'same') -> (BN) -> act (-> MaxPool 2)] per stage -> flatten or GAP -> MLP head."""
     channels = _positive_ints("channels", channels)
-    ks = [kernel_sizes] * len(channels) if isinstance(kernel_sizes, int) else list(kernel_sizes)
-    pools = [pool] * len(channels) if isinstance(pool, bool) else list(pool)
+    dense = _positive_ints("dense widths", dense)
+    in_shape, num_classes = _in_shape(in_shape), _num_classes(num_classes)
+    validate.choice("activation", activation, ACTIVATIONS)
+    batchnorm, global_pool = _flag("batchnorm", batchnorm), _flag("global_pool", global_pool)
+    ks = [kernel_sizes] * len(channels) if isinstance(kernel_sizes, int) and not isinstance(kernel_sizes, bool) \
+        else _positive_ints("kernel_sizes", kernel_sizes if isinstance(kernel_sizes, Sequence) else [kernel_sizes])
+    pools = [pool] * len(channels) if type(pool).__name__ in ("bool", "bool_") else \
+        ([_flag("pool", p) for p in pool] if isinstance(pool, Sequence) and not isinstance(pool, str)
+         else [_flag("pool", pool)])
     if len(ks) != len(channels) or len(pools) != len(channels):
         raise ValueError(f"kernel_sizes {ks} and pool {pools} need one entry per conv ({len(channels)})")
-    if any(k not in (1, 3, 5, 7) for k in ks):
+    if any(isinstance(k, bool) or k not in (1, 3, 5, 7) for k in ks):
         raise ValueError(f"kernel sizes must be 1, 3, 5 or 7, got {ks}")
+    conv_params = sum(a * b * k * k + 2 * b for a, b, k in zip([in_shape[0], *channels], channels, ks))
+    _check_params(f"convnet(channels={channels})", conv_params)
     layers: list[nn.Module] = []
     c_in, size = in_shape[0], min(in_shape[1:])
     for c, k, p in zip(channels, ks, pools):
@@ -102,9 +206,12 @@ def convnet(channels: Sequence[int] = (32, 64), kernel_sizes: Sequence[int] | in
         c_in = c
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()] if global_pool else [nn.Flatten()]
     features = nn.Sequential(*layers)
-    width = _flat_size(features, in_shape)
+    width = _flat_size(features, in_shape, f"convnet(channels={channels})")
+    sizes = [width, *dense, num_classes]
+    _check_params(f"convnet(channels={channels}, dense={dense}) on {in_shape}",
+                  conv_params + sum((a + 1) * b for a, b in zip(sizes, sizes[1:])))
     head: list[nn.Module] = []
-    for h in _positive_ints("dense widths", dense):
+    for h in dense:
         head += [nn.Linear(width, h), _activation(activation)]
         width = h
     head.append(nn.Linear(width, num_classes))
@@ -125,20 +232,25 @@ def lenet300(hidden: Sequence[int] = (300, 100), in_shape=(1, 28, 28), num_class
 def lenet5(channels: Sequence[int] = (20, 50), hidden: int = 500, in_shape=(1, 28, 28),
            num_classes: int = 10) -> nn.Sequential:
     """LeNet-5 as in Caffe and Han et al. 2015: conv5(20)-pool-conv5(50)-pool-fc500-fc10, 431k weights."""
-    c1, c2 = _positive_ints("channels", channels)
+    channels = _positive_ints("channels", channels)
+    if len(channels) != 2:
+        raise ValueError(f"channels must be two conv widths (c1, c2), got {channels}")
+    c1, c2 = channels
+    hidden = validate.integer("hidden", hidden, low=1, high=MAX_WIDTH)
+    in_shape, num_classes = _in_shape(in_shape), _num_classes(num_classes)
     features = nn.Sequential(
         nn.Conv2d(in_shape[0], c1, 5), nn.ReLU(), nn.MaxPool2d(2),   # (B, c1, 12, 12) on MNIST
         nn.Conv2d(c1, c2, 5), nn.ReLU(), nn.MaxPool2d(2),            # (B, c2, 4, 4)
         nn.Flatten())
-    return nn.Sequential(*features, nn.Linear(_flat_size(features, in_shape), hidden), nn.ReLU(),
-                         nn.Linear(hidden, num_classes))
+    flat = _flat_size(features, in_shape, f"lenet5(channels={tuple(channels)})")
+    _check_params(f"lenet5(channels={tuple(channels)}, hidden={hidden}) on {in_shape}", (flat + 1) * hidden)
+    return nn.Sequential(*features, nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
 
 @register_model
 def cifar_cnn(width: float = 1.0, in_shape=(3, 32, 32), num_classes: int = 10) -> nn.Sequential:
     """A small VGG-style CIFAR CNN: three conv-BN-ReLU-pool stages (32, 64, 128 x width), GAP, fc."""
-    if width <= 0:
-        raise ValueError(f"width must be > 0, got {width}")
+    width = validate.number("width", width, low=0, high=MAX_WIDTH / 128, low_open=True)
     chans = [max(1, round(c * width)) for c in (32, 64, 128)]
     return convnet(channels=chans, kernel_sizes=3, pool=True, dense=(), global_pool=True,
                    in_shape=in_shape, num_classes=num_classes)
@@ -188,8 +300,13 @@ class ResNet(nn.Module):
 def cifar_resnet(blocks: Sequence[int] = (1, 1, 1), width: int = 16, in_shape=(3, 32, 32),
                  num_classes: int = 10) -> ResNet:
     """A small CIFAR ResNet: blocks=(1,1,1) is ResNet-8, (3,3,3) is ResNet-20."""
-    if not isinstance(width, int) or width < 1:
-        raise ValueError(f"width must be a positive integer, got {width!r}")
+    blocks = _positive_ints("blocks per stage", blocks, high=MAX_LAYERS)
+    if len(blocks) > 8:
+        raise ValueError(f"blocks per stage must list at most 8 stages, got {len(blocks)}")
+    width = validate.integer("width", width, low=1, high=MAX_WIDTH // 2 ** max(len(blocks) - 1, 0))
+    in_shape, num_classes = _in_shape(in_shape), _num_classes(num_classes)
+    _check_params(f"cifar_resnet(blocks={blocks}, width={width})",
+                  sum(n * 18 * (width * 2 ** i) ** 2 for i, n in enumerate(blocks)))
     return ResNet(blocks=blocks, width=width, in_shape=in_shape, num_classes=num_classes)
 
 
@@ -233,6 +350,10 @@ def cifar_net(widths: Sequence[int] = (32, 64, 128), in_shape=(3, 32, 32), num_c
     The first conv's weight is frozen: `whiten_init(model, images)` sets it from the data (the recipe does).
     """
     widths = _positive_ints("widths", widths)
+    in_shape, num_classes = _in_shape(in_shape), _num_classes(num_classes)
+    logit_scale = validate.number("logit_scale", logit_scale, low=0, low_open=True)
+    _check_params(f"cifar_net(widths={widths})",
+                  sum(9 * a * b + 9 * b * b for a, b in zip([8 * in_shape[0], *widths], widths)))
     layers: list[nn.Module] = [nn.Conv2d(in_shape[0], 8 * in_shape[0], 2), nn.ReLU()]   # 2 x C*2*2 filters
     c_in = layers[0].out_channels
     for c in widths:

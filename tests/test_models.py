@@ -69,3 +69,59 @@ def test_cifar_net_bn_scales_fixed_and_convs_start_as_identity():
     square = [m for m in model if isinstance(m, torch.nn.Conv2d) and m.in_channels == m.out_channels]
     x = torch.randn(1, square[0].in_channels, 8, 8)
     assert torch.allclose(square[0](x), x, atol=1e-6)                         # dirac init: identity map
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad knobs and tiny inputs (issue 13)
+# ---------------------------------------------------------------------------------------------
+
+def test_deep_convnet_on_mnist_builds_in_eval_mode_and_leaves_batchnorm_untouched():
+    """Five pooled stages take 28x28 down to 1x1: the flat size is measured in eval mode (a batch of
+    1 in train mode has no BatchNorm statistics, and would move the running ones)."""
+    m = models.create_model("convnet", channels=(4,) * 5)
+    bns = [b for b in m if isinstance(b, torch.nn.BatchNorm2d)]
+    assert len(bns) == 5 and all(b.training for b in bns)
+    assert all(int(b.num_batches_tracked) == 0 and bool((b.running_var == 1).all())
+               and bool((b.running_mean == 0).all()) for b in bns)
+    assert m(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    lenet = models.create_model("lenet5")
+    assert lenet.training and all(mod.training for mod in lenet.modules())
+
+
+@pytest.mark.parametrize("name, kw, match", [
+    ("lenet5", {"in_shape": (1, 8, 8)}, "lenet5\\(channels=\\(20, 50\\)\\) does not fit input shape \\(1, 8, 8\\)"),
+    ("cifar_net", {"in_shape": (3, 2, 2)}, "does not run on input shape \\(3, 2, 2\\)"),
+])
+def test_inputs_too_small_for_the_model_are_refused_naming_the_shape(name, kw, match):
+    with pytest.raises(ValueError, match=match):
+        models.create_model(name, **kw)
+
+
+@pytest.mark.parametrize("name, kw, error, match", [
+    ("convnet", {"channels": [True]}, ValueError, "channels must be an integer"),
+    ("convnet", {"channels": [10 ** 9]}, ValueError, "channels must be an integer in \\[1, 4096\\]"),
+    ("convnet", {"channels": "8"}, TypeError, "channels must be a sequence"),
+    ("convnet", {"kernel_sizes": True, "channels": [4]}, ValueError, "kernel"),
+    ("convnet", {"batchnorm": "yes"}, TypeError, "batchnorm must be True or False"),
+    ("convnet", {"pool": "no"}, TypeError, "pool must be True or False"),
+    ("convnet", {"in_shape": (1, 28)}, ValueError, "in_shape must be \\(C, H, W\\)"),
+    ("mlp", {"hidden": [4096] * 10}, ValueError, "parameters; at most"),
+    ("mlp", {"hidden": [8] * 65}, ValueError, "at most 64 entries"),
+    ("mlp", {"dropout": 1.0}, ValueError, "dropout must be a finite number in \\[0, 1\\)"),
+    ("mlp", {"dropout": float("nan")}, ValueError, "dropout"),
+    ("mlp", {"num_classes": 0}, ValueError, "num_classes must be an integer"),
+    ("mlp", {"num_classes": True}, ValueError, "num_classes must be an integer"),
+    ("mlp", {"in_shape": (0, 28, 28)}, ValueError, "in_shape must be an integer >= 1"),
+    ("mlp", {"activation": ["relu"]}, ValueError, "unknown activation"),
+    ("mlp", {"hiden": (8,)}, TypeError, "unknown keyword 'hiden' for model 'mlp'; valid: hidden"),
+    ("lenet5", {"channels": (1, 2, 3)}, ValueError, "two conv widths"),
+    ("lenet5", {"hidden": 0}, ValueError, "hidden must be an integer"),
+    ("cifar_cnn", {"width": float("inf")}, ValueError, "width must be a finite number"),
+    ("cifar_resnet", {"width": 2.0}, ValueError, "width must be an integer"),
+    ("cifar_resnet", {"blocks": (0,)}, ValueError, "blocks per stage"),
+    ("cifar_net", {"logit_scale": float("nan")}, ValueError, "logit_scale"),
+    (["mlp"], {}, ValueError, "unknown model"),
+])
+def test_bad_knobs_are_refused_before_building(name, kw, error, match):
+    with pytest.raises(error, match=match):
+        models.create_model(name, **kw)
