@@ -69,12 +69,15 @@ def mokit_run(train_data, test_data, seed: int, device, epochs: int | None = Non
 def hand_loop(model, batches, *, epochs: int, device, precision: str) -> list[float]:
     """The loop a user writes: the recipe's optimizer and schedule, autocast, NHWC; seconds per epoch.
 
-    `batches(epoch)` yields (x, y) on the device; no hooks, no bookkeeping, no lookahead."""
+    `batches(epoch)` yields (x, y) on the device; no hooks, no bookkeeping, no lookahead; the recipe's
+    freeze (the whitening bias stops training part-way) written out, since it changes the step's cost."""
     make_opt, _ = OPTIMIZERS[RECIPE["optimizer"]]
     opt = make_opt(model.parameters(), lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"])
     sched = SCHEDULES[RECIPE["schedule"]]
     n_steps = epochs * len(batches(None))
     base = [g["lr"] for g in opt.param_groups]
+    params = dict(model.named_parameters())
+    freeze_at = {params[name]: fraction * n_steps for name, fraction in RECIPE.get("freeze", {}).items()}
     model.to(device, memory_format=torch.channels_last).train()
     step, times = 0, []
     for epoch in range(epochs):
@@ -91,6 +94,10 @@ def hand_loop(model, batches, *, epochs: int, device, precision: str) -> list[fl
             loss.backward()
             opt.step()
             step += 1
+            for p, at in freeze_at.items():
+                if step >= at:
+                    p.requires_grad_(False)
+                    p.grad = None
         sync(device)
         times.append(time.perf_counter() - t0)
     return times
