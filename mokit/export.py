@@ -147,6 +147,20 @@ class _Calibration:
         self.it = iter(self.batches)
 
 
+def cpu_has_vnni() -> bool:
+    """Whether this x86 CPU multiplies int8 with VNNI (AVX512-VNNI / AVX-VNNI).
+
+    Without it, ONNX Runtime's uint8 x int8 kernels add pairs of products in int16 (vpmaddubsw), which
+    saturates for large weights: measured on an AMD EPYC (AVX2) a static int8 LeNet-5 agreed with fp32
+    on only 87% of predictions. Quantizing the weights to 7 bits (reduce_range) keeps the sums in range.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True                                # not Linux: assume a current CPU, keep 8 bits
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
 def _quantize_static(src: Path, dst: Path, data, num_batches: int, batch_size: int, per_channel: bool) -> None:
     """Weights int8 per channel, activations uint8 with ranges fixed by calibration (QOperator format:
     QLinearConv / QLinearMatMul kernels, measured faster here than the QDQ format)."""
@@ -164,14 +178,15 @@ def _quantize_static(src: Path, dst: Path, data, num_batches: int, batch_size: i
         raise ValueError("calibration data is empty: static int8 needs at least one batch")
     CalibrationDataReader.register(_Calibration)
     quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QOperator, per_channel=per_channel,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=not cpu_has_vnni())
 
 
 def _quantize_dynamic(src: Path, dst: Path, data, num_batches: int, batch_size: int, per_channel: bool) -> None:
     """Weights int8; activation ranges measured on the fly for every batch (no calibration)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8)
+    quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8,
+                     reduce_range=not cpu_has_vnni())
 
 
 QUANT_MODES: dict[str, Callable] = {"static": _quantize_static, "dynamic": _quantize_dynamic}
