@@ -14,12 +14,14 @@ batchnorm, global_pool) so every strategy of mokit.search works on it unchanged.
 
 from __future__ import annotations
 
+import math
+import numbers
 import random
 from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from . import search
+from . import search, validate
 from .search import choice, int_range, repair
 
 # ---------------------------------------------------------------------------------------------
@@ -30,14 +32,46 @@ def _count(low: int, high: int):
     return int_range(low, high) if high > low else choice(low)
 
 
+def _options(name: str, values, check: Callable) -> tuple:
+    """A non-empty sequence of options, each passed through `check` (which raises on a bad one)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise ValueError(f"{name} must be a non-empty sequence of options, got {values!r}")
+    return tuple(check(v) for v in values)
+
+
+def _width(name: str):
+    from .models import MAX_WIDTH
+    return lambda v: validate.integer(name, v, low=1, high=MAX_WIDTH)
+
+
+def _bool(name: str):
+    def check(v):
+        if type(v).__name__ not in ("bool", "bool_"):
+            raise ValueError(f"{name} options must be True or False, got {v!r}")
+        return bool(v)
+    return check
+
+
+def _activation_name(v):
+    from .models import ACTIVATIONS
+    return validate.choice("activations", v, list(ACTIVATIONS))
+
+
 def conv_space(*, max_conv: int = 3, channels: Sequence[int] = (4, 8, 16, 32), kernels: Sequence[int] = (3, 5),
                max_dense: int = 1, widths: Sequence[int] = (16, 32, 64),
                activations: Sequence[str] = ("relu", "gelu", "silu"),
                batchnorm: Sequence[bool] = (True, False), global_pool: Sequence[bool] = (False, True)) -> dict:
     """Convnets: 1..max_conv conv stages (channels, kernel, pool each), 0..max_dense dense layers
     (width each), one activation, batchnorm on/off, flatten or global average pooling."""
-    if max_conv < 1 or max_dense < 0:
-        raise ValueError(f"need max_conv >= 1 and max_dense >= 0, got {max_conv}, {max_dense}")
+    max_conv = validate.integer("max_conv", max_conv, low=1, high=16)
+    max_dense = validate.integer("max_dense", max_dense, low=0, high=16)
+    channels = _options("channels", channels, _width("channels"))
+    kernels = _options("kernels", kernels, lambda k: validate.choice("kernels", k, (1, 3, 5, 7))
+                       if not isinstance(k, bool) else validate.integer("kernels", k))
+    widths = _options("widths", widths, _width("widths"))
+    activations = _options("activations", activations, _activation_name)
+    batchnorm = _options("batchnorm", batchnorm, _bool("batchnorm"))
+    global_pool = _options("global_pool", global_pool, _bool("global_pool"))
     space: dict = {"n_conv": _count(1, max_conv)}
     for i in range(max_conv):
         when = {"n_conv": list(range(i + 1, max_conv + 1))} if i else None
@@ -56,8 +90,9 @@ def conv_space(*, max_conv: int = 3, channels: Sequence[int] = (4, 8, 16, 32), k
 def mlp_space(*, max_layers: int = 3, widths: Sequence[int] = (32, 64, 128, 256, 512),
               activations: Sequence[str] = ("relu", "gelu", "tanh")) -> dict:
     """MLPs: 1..max_layers hidden layers (width each) and one activation."""
-    if max_layers < 1:
-        raise ValueError(f"max_layers must be >= 1, got {max_layers}")
+    max_layers = validate.integer("max_layers", max_layers, low=1, high=16)
+    widths = _options("widths", widths, _width("widths"))
+    activations = _options("activations", activations, _activation_name)
     space: dict = {"n_hidden": _count(1, max_layers)}
     for i in range(max_layers):
         space[f"h{i}"] = choice(*widths, when={"n_hidden": list(range(i + 1, max_layers + 1))} if i else None)
@@ -67,6 +102,8 @@ def mlp_space(*, max_layers: int = 3, widths: Sequence[int] = (32, 64, 128, 256,
 
 def model_kwargs(config: dict) -> tuple[str, dict]:
     """(registry name, keyword knobs) of an architecture config."""
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict of decisions, got {type(config).__name__}")
     if "n_conv" in config:
         n, m = config["n_conv"], config.get("n_dense", 0)
         return "convnet", {"channels": [config[f"c{i}"] for i in range(n)],
@@ -164,6 +201,11 @@ def arch_cost(config: dict, in_shape: Sequence[int] = (1, 28, 28), num_classes: 
     """{"params", "macs"(, "latency_ms": median ms per example at batch 1)} of the built model."""
     from .metrics import count_macs, count_params, measure_latency
 
+    if type(latency).__name__ not in ("bool", "bool_"):
+        raise TypeError(f"latency must be True or False, got {latency!r}")
+    repeats = validate.integer("repeats", repeats, low=1, high=10_000)
+    in_shape, num_classes = _shape_and_classes(in_shape, num_classes)
+
     key = (search.trial_key(config, 1), tuple(in_shape), num_classes, latency)
     if key not in _COSTS:
         model = build(config, in_shape, num_classes)
@@ -174,14 +216,20 @@ def arch_cost(config: dict, in_shape: Sequence[int] = (1, 28, 28), num_classes: 
     return dict(_COSTS[key])
 
 
+def _shape_and_classes(in_shape, num_classes) -> tuple[tuple[int, ...], int]:
+    from .models import _in_shape, _num_classes
+    return _in_shape(in_shape, image=False), _num_classes(num_classes)
+
+
 def constraint(*, max_params: int | None = None, max_macs: int | None = None,
                max_latency_ms: float | None = None, in_shape: Sequence[int] = (1, 28, 28),
                num_classes: int = 10) -> Callable[[dict], bool]:
     """feasible(config) -> bool: params <= max_params, MACs <= max_macs, latency <= max_latency_ms."""
     limits = {"params": max_params, "macs": max_macs, "latency_ms": max_latency_ms}
     for k, v in limits.items():
-        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0):
-            raise ValueError(f"max_{k} must be a number > 0 or None, got {v!r}")
+        if v is not None:
+            limits[k] = validate.number(f"max_{k}", v, low=0, low_open=True, what="or None")
+    in_shape, num_classes = _shape_and_classes(in_shape, num_classes)
     if all(v is None for v in limits.values()):
         raise ValueError("constraint() needs at least one of max_params, max_macs, max_latency_ms")
 
@@ -197,6 +245,9 @@ def arch_objective(train_data, val_data, *, seed: int = 0, latency: bool = False
 
     The data moves to `device` once (search.train_objective), not once per architecture.
     """
+    seed = validate.integer("seed", seed)
+    if type(latency).__name__ not in ("bool", "bool_"):
+        raise TypeError(f"latency must be True or False, got {latency!r}")
     shape, k = train_data.shape, train_data.num_classes
     inner = search.train_objective(lambda c: build(c, shape, k), train_data, val_data, seed=seed,
                                    device=device, **train_kw)
@@ -217,17 +268,46 @@ def dominates(a: dict, b: dict, objectives: dict[str, bool]) -> bool:
     return no_worse and any(sign[k] * a[k] > sign[k] * b[k] for k in objectives)
 
 
+def _check_objectives(objectives) -> dict[str, bool]:
+    if not isinstance(objectives, dict) or not objectives:
+        raise ValueError(f"objectives must be a non-empty dict {{name: maximize (True/False)}}, got "
+                         f"{objectives!r}")
+    for k, mx in objectives.items():
+        if type(mx).__name__ not in ("bool", "bool_"):
+            raise ValueError(f"objectives[{k!r}] must be True (maximize) or False (minimize), got {mx!r}")
+    return objectives
+
+
 def pareto_front(points: Sequence[dict], objectives: dict[str, bool]) -> list[int]:
-    """Indices of the non-dominated points, sorted by the first objective (best first)."""
-    if not objectives:
-        raise ValueError("pareto_front needs at least one objective {name: maximize}")
-    front = [i for i, p in enumerate(points) if not any(dominates(q, p, objectives) for q in points)]
+    """Indices of the non-dominated points, sorted by the first objective (best first).
+
+    Every point must give every objective a real number (else ValueError naming the point). The rule
+    for NaN: a point with NaN in any objective (a diverged trial, a failed measurement) cannot be
+    compared, so it is left off the front and dominates nothing; its index is never returned.
+    +-inf compare as numbers."""
+    objectives = _check_objectives(objectives)
+    if isinstance(points, (str, bytes, dict)) or not isinstance(points, Sequence):
+        raise TypeError(f"points must be a sequence of dicts, got {type(points).__name__}")
+    for i, p in enumerate(points):
+        if not isinstance(p, dict):
+            raise TypeError(f"points[{i}] must be a dict of objective values, got {type(p).__name__}")
+        for k in objectives:
+            if k not in p:
+                raise ValueError(f"points[{i}] has no value for objective {k!r}; it has {sorted(p)}")
+            v = p[k]
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise ValueError(f"points[{i}][{k!r}] must be a real number, got {v!r}")
+    comparable = [i for i, p in enumerate(points) if not any(math.isnan(p[k]) for k in objectives)]
+    front = [i for i in comparable
+             if not any(dominates(points[j], points[i], objectives) for j in comparable)]
     first, mx = next(iter(objectives.items()))
     return sorted(front, key=lambda i: points[i][first], reverse=mx)
 
 
 def trial_front(trials: Sequence, objectives: dict[str, bool]) -> list:
-    """The successful trials on the Pareto front of `objectives` (metrics of each trial)."""
+    """The successful trials on the Pareto front of `objectives` (metrics of each trial); trials
+    with NaN in an objective are left off, as in pareto_front."""
+    objectives = _check_objectives(objectives)
     unique = {search.trial_key(t.config, t.budget): t for t in trials}      # one per (config, budget)
     ok = [t for t in unique.values() if t.status == "ok" and all(k in t.metrics for k in objectives)]
     return [ok[i] for i in pareto_front([t.metrics for t in ok], objectives)]

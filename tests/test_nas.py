@@ -147,3 +147,59 @@ def test_tree_search_and_grid_over_an_arch_space():
     best = max(score(c, 1) for c in configs)
     r = search.tree_search(score, space, budget=1, n_trials=len(configs), seed=0)
     assert r.best_value == best                                          # it covers the whole tree
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input (issue 13)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw, match", [
+    ({"max_params": float("nan")}, "max_params must be a finite number > 0 \\(or None\\), got nan"),
+    ({"max_macs": float("inf")}, "max_macs must be a finite number > 0"),
+    ({"max_latency_ms": True}, "max_latency_ms must be a finite number"),
+    ({"max_params": 10, "in_shape": (0, 28, 28)}, "in_shape"),
+    ({"max_params": 10, "num_classes": 0}, "num_classes"),
+])
+def test_constraint_refuses_non_finite_and_bad_limits(kw, match):
+    with pytest.raises(ValueError, match=match):
+        nas.constraint(**kw)
+
+
+def test_pareto_front_leaves_nan_points_off_the_front():
+    nan = float("nan")
+    pts = [{"acc": 90, "params": 10}, {"acc": nan, "params": 1}, {"acc": 95, "params": nan},
+           {"acc": 80, "params": 5}, {"acc": 70, "params": 50}]
+    assert nas.pareto_front(pts, {"acc": True, "params": False}) == [0, 3]
+    assert nas.pareto_front([{"acc": nan}], {"acc": True}) == []
+    # a NaN point dominates nothing either: without it, the same front
+    assert nas.pareto_front([pts[0], pts[3], pts[4]], {"acc": True, "params": False}) == [0, 1]
+
+
+@pytest.mark.parametrize("points, objectives, error, match", [
+    ([{"acc": 1}], {"acc": "yes"}, ValueError, "objectives\\['acc'\\] must be True"),
+    ([{"acc": 1}], {}, ValueError, "non-empty dict"),
+    ([{"acc": 1}, {"ac": 2}], {"acc": True}, ValueError, "points\\[1\\] has no value for objective 'acc'"),
+    ([{"acc": "90"}], {"acc": True}, ValueError, "points\\[0\\]\\['acc'\\] must be a real number"),
+    ([{"acc": True}], {"acc": True}, ValueError, "must be a real number"),
+    ([5], {"acc": True}, TypeError, "points\\[0\\] must be a dict"),
+])
+def test_pareto_front_bad_input(points, objectives, error, match):
+    with pytest.raises(error, match=match):
+        nas.pareto_front(points, objectives)
+
+
+@pytest.mark.parametrize("fn, kw, match", [
+    (nas.conv_space, {"max_conv": True}, "max_conv must be an integer"),
+    (nas.conv_space, {"max_conv": 10 ** 6}, "max_conv must be an integer in \\[1, 16\\]"),
+    (nas.conv_space, {"max_dense": -1}, "max_dense"),
+    (nas.conv_space, {"channels": (0, 8)}, "channels must be an integer"),
+    (nas.conv_space, {"kernels": (4,)}, "unknown kernels 4"),
+    (nas.conv_space, {"activations": ("relu", "swish")}, "unknown activations 'swish'"),
+    (nas.conv_space, {"batchnorm": ("yes",)}, "batchnorm options must be True or False"),
+    (nas.mlp_space, {"max_layers": 2.0}, "max_layers must be an integer"),
+    (nas.mlp_space, {"widths": ()}, "widths must be a non-empty sequence"),
+    (nas.arch_cost, {"config": {"n_hidden": 1, "h0": 8, "activation": "relu"}, "repeats": 0}, "repeats"),
+])
+def test_spaces_and_costs_refuse_bad_arguments(fn, kw, match):
+    with pytest.raises(ValueError, match=match):
+        fn(**kw)
