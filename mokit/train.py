@@ -149,6 +149,7 @@ OPTIMIZERS: dict[str, tuple[Callable, float]] = {
 DEFAULT_WEIGHT_DECAY: dict[str, float] = {"adamw": 0.01}
 # the SGD family takes momentum= (in [0, 1); Nesterov needs it > 0); the others take only lr and weight_decay
 MOMENTUM_OPTIMIZERS = ("gd", "sgd", "momentum", "nesterov", "nesterov_split")
+MAX_STEP_SIZE = 1e6     # the largest lr / weight decay accepted: beyond it training only diverges or overflows
 _NESTEROV = ("nesterov", "nesterov_split")
 
 
@@ -528,10 +529,11 @@ def check_train_args(model: nn.Module, data, **train_kw) -> dict:
     sched = _lookup(SCHEDULES, a["schedule"], "schedule")
     for t in (0.0, 0.5, 0.999):                      # a callable schedule must give usable multipliers
         validate.number(f"schedule({t})", sched(t), low=0, what="the lr multiplier at that progress")
-    a["lr"] = validate.number("lr", default_lr if a["lr"] is None else a["lr"], low=0, low_open=True)
+    a["lr"] = validate.number("lr", default_lr if a["lr"] is None else a["lr"], low=0, high=MAX_STEP_SIZE,
+                              low_open=True, what="larger ones only diverge, or overflow float32")
     wd = a["weight_decay"]
     a["weight_decay"] = DEFAULT_WEIGHT_DECAY.get(optimizer, 0.0) if wd is None else \
-        validate.number("weight_decay", wd, low=0)
+        validate.number("weight_decay", wd, low=0, high=MAX_STEP_SIZE, what="larger ones only diverge")
     if a["momentum"] is not None:
         if optimizer not in MOMENTUM_OPTIMIZERS:
             raise ValueError(f"optimizer {optimizer!r} takes no momentum= (it takes lr= and weight_decay=; "

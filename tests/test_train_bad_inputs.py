@@ -228,3 +228,11 @@ def test_predict_refuses_a_non_model_and_recipes_a_non_name(te):
         T.predict(lambda x: x, te)
     with pytest.raises(ValueError, match="no baseline recipe"):
         T.recipe_train_kw(["lenet5"])
+
+
+@pytest.mark.parametrize("kw", [{"lr": 3.5e38}, {"lr": 1e7}, {"weight_decay": 1e300}, {"lr": 1e300, "optimizer": "sgd"}],
+                         ids=str)
+def test_huge_step_sizes_are_refused_before_work(tr, kw):
+    """float32 weights cannot take an lr beyond ~3.4e38 (a RuntimeError mid-step before); 1e6 is the cap."""
+    model = _fresh()
+    refused_before_work(lambda: T.train(model, tr, progress=False, **kw), model, r"must be a finite number in \(?\[?0")
