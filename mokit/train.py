@@ -717,6 +717,7 @@ def load_or_train(model_name: str, data: TensorData, *, model_kw: dict | None = 
     path = checkpoint_path(f"{model_name}-{data.name}-{digest}")
     seed_everything(seed)
     model = create_model(model_name, **model_kw)
+    check_train_args(model, data, seed=seed, device=device, progress=progress, **train_kw)   # before any work
     if path.exists():
         try:
             state, meta = load_state(path)

@@ -60,3 +60,12 @@ def test_freeze_stops_a_parameter_part_way_and_leaves_it_trainable():
         with pytest.raises((ValueError, TypeError), match=err):
             T.train(model, data, epochs=1, freeze=bad, progress=False)
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_load_or_train_checks_training_arguments_before_any_work(tmp_path, monkeypatch, standin_mnist):
+    monkeypatch.setenv("MOKIT_CACHE", str(tmp_path))
+    inits = []
+    monkeypatch.setitem(T.INITS, "spy", lambda model, data: inits.append(model))   # a data-dependent init is work
+    with pytest.raises(ValueError, match="lr must be a finite number in"):
+        T.load_or_train("lenet300", standin_mnist[0], init="spy", epochs=1, lr=float("nan"), progress=False)
+    assert not inits and not list(tmp_path.rglob("*.pt"))
