@@ -164,10 +164,21 @@ def count_macs(model: nn.Module, in_shape: Sequence[int]) -> int:
     device = next(iter(model.parameters()), torch.empty(0)).device
     was_training = model.training
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *in_shape, device=device))
-    model.train(was_training)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            _forward(model, torch.zeros(1, *in_shape, device=device), in_shape)
+    finally:
+        model.train(was_training)
     return counter.get_total_flops() // 2
+
+
+def _forward(model: nn.Module, x: torch.Tensor, in_shape) -> torch.Tensor:
+    """model(x); a model that cannot take examples of in_shape is a ValueError naming the shape."""
+    try:
+        return model(x)
+    except RuntimeError as e:
+        raise ValueError(f"the model does not run on in_shape {tuple(in_shape)} (input {tuple(x.shape)}): "
+                         f"{e}") from None
 
 
 @torch.no_grad()
@@ -197,9 +208,15 @@ def measure_latency(model: nn.Module, in_shape: Sequence[int], *, batch_size: in
     try:
         device = next(iter(model.parameters()), None)
         device = device.device if device is not None else torch.device("cpu")
-        model.eval()
+        was_training = model.training
         x = torch.randn(batch_size, *in_shape, device=device)
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        model.eval()
+        try:
+            _forward(model, x, in_shape)                           # a shape the model cannot take fails here
+        except ValueError:
+            model.train(was_training)
+            raise
         for _ in range(warmup):
             model(x)
         sync()

@@ -66,8 +66,8 @@ def conv_space(*, max_conv: int = 3, channels: Sequence[int] = (4, 8, 16, 32), k
     max_conv = validate.integer("max_conv", max_conv, low=1, high=16)
     max_dense = validate.integer("max_dense", max_dense, low=0, high=16)
     channels = _options("channels", channels, _width("channels"))
-    kernels = _options("kernels", kernels, lambda k: validate.choice("kernels", k, (1, 3, 5, 7))
-                       if not isinstance(k, bool) else validate.integer("kernels", k))
+    kernels = _options("kernels", kernels, lambda k: validate.choice("kernels", validate.integer("kernels", k),
+                                                                     (1, 3, 5, 7)))
     widths = _options("widths", widths, _width("widths"))
     activations = _options("activations", activations, _activation_name)
     batchnorm = _options("batchnorm", batchnorm, _bool("batchnorm"))

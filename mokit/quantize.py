@@ -190,7 +190,8 @@ def _check_calibrate(calibrate) -> Callable:
         return calibrate
     method = CALIBRATORS.get(calibrate) if isinstance(calibrate, str) else None
     if method is None:
-        raise ValueError(f"unknown calibration {calibrate!r}; valid: {', '.join(CALIBRATORS)}")
+        raise ValueError(f"unknown calibrate {calibrate!r} (the calibration); valid: {', '.join(CALIBRATORS)}, "
+                         f"or a callable")
     return method
 
 
@@ -532,15 +533,17 @@ def kmeans_share(model: nn.Module, num_bits: int = 4, *, layers: Iterable[str] |
 def _symbol(s) -> int:
     if torch.is_tensor(s) and s.numel() == 1 and not s.is_floating_point() and s.dtype != torch.bool:
         return int(s)
-    return validate.integer("each symbol", s)
+    return validate.integer("symbols", s, what="each symbol an integer")
 
 
 def huffman_code(symbols: Iterable[int]) -> dict[int, str]:
     """Optimal prefix code {symbol: bit string} for the symbols' frequencies (at least one symbol,
     each an integer)."""
+    if isinstance(symbols, (str, bytes, dict)) or not isinstance(symbols, Iterable):
+        raise TypeError(f"symbols must be an iterable of integers, got {type(symbols).__name__}")
     freq = Counter(_symbol(s) for s in symbols)
     if not freq:
-        raise ValueError("huffman_code needs at least one symbol, got none")
+        raise ValueError("symbols is empty: huffman_code needs at least one symbol")
     if len(freq) == 1:
         return {next(iter(freq)): "0"}
     heap = [(n, i, {s: ""}) for i, (s, n) in enumerate(sorted(freq.items()))]
@@ -708,6 +711,14 @@ def _fusable(model: nn.Sequential) -> list[list[str]]:
     return groups
 
 
+def _check_calibration_data(data) -> None:
+    if hasattr(data, "x"):
+        return
+    if isinstance(data, (str, bytes, dict)) or not isinstance(data, Iterable) or torch.is_tensor(data):
+        raise TypeError(f"calibration data must be a TensorData or an iterable of batches (x or (x, y)), "
+                        f"got {type(data).__name__}")
+
+
 def _batches(data, batch_size: int) -> Iterable[torch.Tensor]:
     if hasattr(data, "x"):                                  # a TensorData
         return (data.x[i:i + batch_size] for i in range(0, len(data.x), batch_size))
@@ -752,6 +763,7 @@ def quantize_int8(model: nn.Module, data, *, num_batches: int = 20, batch_size: 
     """
     num_batches = validate.integer("num_batches", num_batches, low=1)
     batch_size = validate.integer("batch_size", batch_size, low=1)
+    _check_calibration_data(data)
     prepared = prepare_int8(model, engine=engine)
     seen = 0
     for i, x in enumerate(_batches(data, batch_size)):
@@ -870,6 +882,7 @@ def quantize_int8_fx(model: nn.Module, data, *, num_batches: int = 20, batch_siz
     _check_model(model)
     num_batches = validate.integer("num_batches", num_batches, low=1)
     batch_size = validate.integer("batch_size", batch_size, low=1)
+    _check_calibration_data(data)
     if engine not in torch.backends.quantized.supported_engines:
         raise ValueError(f"quantized engine {engine!r} is not available here; available: "
                          f"{', '.join(torch.backends.quantized.supported_engines)}")

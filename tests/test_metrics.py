@@ -149,3 +149,12 @@ def test_summarize_checks_everything_first():
     assert calls == []
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         metrics.summarize({"a": "not a model"}, in_shape=(4,))
+
+
+def test_a_shape_the_model_cannot_take_names_in_shape():
+    model = nn.Linear(4, 4)
+    with pytest.raises(ValueError, match="the model does not run on in_shape \\(5,\\)"):
+        metrics.count_macs(model, (5,))                                     # was a RuntimeError
+    with pytest.raises(ValueError, match="the model does not run on in_shape \\(1, 8\\)"):
+        metrics.measure_latency(model, (1, 8))
+    assert model.training

@@ -194,6 +194,7 @@ def test_pareto_front_bad_input(points, objectives, error, match):
     (nas.conv_space, {"max_dense": -1}, "max_dense"),
     (nas.conv_space, {"channels": (0, 8)}, "channels must be an integer"),
     (nas.conv_space, {"kernels": (4,)}, "unknown kernels 4"),
+    (nas.conv_space, {"kernels": (3.0,)}, "kernels must be an integer, got 3.0"),
     (nas.conv_space, {"activations": ("relu", "swish")}, "unknown activations 'swish'"),
     (nas.conv_space, {"batchnorm": ("yes",)}, "batchnorm options must be True or False"),
     (nas.mlp_space, {"max_layers": 2.0}, "max_layers must be an integer"),

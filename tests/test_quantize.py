@@ -47,7 +47,7 @@ def test_axis_that_does_not_exist(axis):
 
 
 def test_unknown_calibration():
-    with pytest.raises(ValueError, match="unknown calibration 'median'"):
+    with pytest.raises(ValueError, match="unknown calibrate 'median' \\(the calibration\\); valid: minmax, percentile, mse"):
         Q.quantize_tensor(torch.randn(4), 8, calibrate="median")
 
 
@@ -545,11 +545,11 @@ def test_percentile_must_be_in_50_100(p):
 
 
 def test_huffman_refuses_no_symbols_and_non_integers():
-    with pytest.raises(ValueError, match="huffman_code needs at least one symbol"):
+    with pytest.raises(ValueError, match="symbols is empty: huffman_code needs at least one symbol"):
         Q.huffman_code([])
-    with pytest.raises(ValueError, match="huffman_code needs at least one symbol"):
+    with pytest.raises(ValueError, match="symbols is empty: huffman_code needs at least one symbol"):
         Q.huffman_encode([])
-    with pytest.raises(ValueError, match="each symbol must be an integer, got 2.5"):
+    with pytest.raises(ValueError, match="symbols must be an integer \\(each symbol an integer\\), got 2.5"):
         Q.huffman_code([1, 2.5])
     assert Q.huffman_code(torch.tensor([3, 3, 1])) == Q.huffman_code([3, 3, 1])
     with pytest.raises(ValueError, match="count must be an integer >= 0"):
@@ -560,7 +560,7 @@ def test_model_quantizers_change_nothing_on_bad_input():
     mlp, _ = _models()
     Q.fake_quantize_model(mlp, 4, layers=["1"])
     before = {k: v.clone() for k, v in mlp.state_dict().items()}
-    cases = [(lambda: Q.fake_quantize_model(mlp, 4, calibrate="median"), ValueError, "unknown calibration"),
+    cases = [(lambda: Q.fake_quantize_model(mlp, 4, calibrate="median"), ValueError, "unknown calibrate 'median'"),
              (lambda: Q.fake_quantize_model(mlp, 4, per_channel="yes"), TypeError, "per_channel"),
              (lambda: Q.fake_quantize_model(mlp, 4, layers="1"), TypeError, "layers must be a list"),
              (lambda: Q.kmeans_share(mlp, 2, masks={"3": torch.ones(2, 2)}), ValueError, "masks\\['3'\\] has shape"),
@@ -598,3 +598,12 @@ def test_kmeans_1d_bad_arguments(kw, match):
         Q.kmeans_1d(torch.randn(10), **kw)
     with pytest.raises(ValueError, match="values must be finite"):
         Q.kmeans_1d(torch.tensor([1.0, float("nan")]), 2)
+
+
+def test_calibration_data_and_symbols_of_the_wrong_type():
+    mlp, _ = _models()
+    for fn in (Q.quantize_int8, Q.quantize_int8_fx):
+        with pytest.raises(TypeError, match="calibration data must be a TensorData or an iterable"):
+            fn(mlp, None)
+    with pytest.raises(TypeError, match="symbols must be an iterable of integers, got NoneType"):
+        Q.huffman_code(None)
