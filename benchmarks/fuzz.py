@@ -47,6 +47,7 @@ def _load_suite():
     sys.path.insert(0, str(ROOT))
     spec = importlib.util.spec_from_file_location("fuzz_targets", ROOT / "tests" / "test_fuzz.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module                      # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -82,27 +83,34 @@ class Worker:
 
     def start(self):
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", "--limit", str(self.limit)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True, env=self.env, cwd=self.cwd, bufsize=1)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=open(Path(self.cwd) / "worker.log", "a"),
+                                     env=self.env, cwd=self.cwd, bufsize=0)
+        self.buffer = b""                                   # bytes read but not yet split into lines
         self.first = self.read(300)
+        if self.first is None:
+            raise SystemExit(f"the fuzz worker did not start; see {Path(self.cwd) / 'worker.log'}")
 
     def read(self, timeout: float):
         """The next answer, or None when none came within `timeout` seconds."""
-        end = time.monotonic() + timeout
+        end, fd = time.monotonic() + timeout, self.proc.stdout.fileno()
         while True:
+            while b"\n" in self.buffer:                         # select() cannot see buffered lines
+                line, self.buffer = self.buffer.split(b"\n", 1)
+                text = line.decode(errors="replace")
+                if text.startswith(MARK):
+                    return json.loads(text[len(MARK):])
             left = end - time.monotonic()
-            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
                 return None
-            line = self.proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
                 return None                                     # the worker died
-            if line.startswith(MARK):
-                return json.loads(line[len(MARK):])
+            self.buffer += chunk
 
     def ask(self, i: int) -> dict:
         """The outcome of input i; a worker that stops answering is killed and restarted."""
-        self.proc.stdin.write(f"{i}\n")
-        self.proc.stdin.flush()
+        self.proc.stdin.write(f"{i}\n".encode())
         start = self.read(60) or {}
         answer = self.read(self.limit * 4 + 20)
         if answer is None:
