@@ -325,7 +325,7 @@ class Batches:
         if not isinstance(data, TensorData):
             raise ValueError(f"Batches needs a TensorData (see load_dataset), got {type(data).__name__}")
         if len(data) == 0:
-            raise ValueError(f"Batches needs at least one example; {data.name}/{data.split} is empty")
+            raise ValueError(f"data has no examples ({data.name}/{data.split} is empty); Batches needs at least one")
         batch_size = validate.integer("batch_size", batch_size, low=1)
         seed = validate.integer("seed", seed)
         _check_flag("shuffle", shuffle)

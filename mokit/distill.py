@@ -42,9 +42,13 @@ from .train import (
 # ---------------------------------------------------------------------------------------------
 
 
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 1000.0
+
+
 def check_temperature(temperature) -> float:
-    """temperature as a float > 0, else ValueError naming the value."""
-    return validate.number("temperature", temperature, low=0, low_open=True)
+    """temperature as a float in [0.01, 1000], else ValueError naming the value (below 0.01 logits / T
+    overflow float32: softmax becomes NaN; above 1000 every soft target is uniform to float precision)."""
+    return validate.number("temperature", temperature, low=MIN_TEMPERATURE, high=MAX_TEMPERATURE)
 
 
 def check_alpha(alpha) -> float:

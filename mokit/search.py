@@ -160,7 +160,7 @@ def sample(space: dict, rng: random.Random) -> dict:
 
 def values(p: Param, points: int = 3) -> list:
     """`points` evenly spaced values of a range (log-spaced if log), or a choice's options."""
-    points = validate.integer("points", points, low=1, what="values per range")
+    points = validate.integer("points", points, low=1, high=MAX_COUNT, what="values per range")
     if p.kind == "choice":
         return list(p.options)
     ts = [0.5] if points == 1 else [i / (points - 1) for i in range(points)]
@@ -188,7 +188,7 @@ def _check_points(space: dict, points) -> int | dict:
         if unknown:
             raise ValueError(f"points names {unknown} that are not decisions of the space ({', '.join(space)})")
         return {k: validate.integer(f"points[{k!r}]", v, low=1, what="values per range") for k, v in points.items()}
-    return validate.integer("points", points, low=1, what="values per range, or a dict of them by name")
+    return validate.integer("points", points, low=1, high=MAX_COUNT, what="values per range, or a dict of them by name")
 
 
 def repair(space: dict, config: dict, rng: random.Random) -> dict:
@@ -463,12 +463,19 @@ def format_config(config: dict) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
 
 
+# Upper bounds on a search's sizes: far above any run this kit makes, low enough that a typo
+# (n_trials=10**18) is an error at once instead of a search that never ends.
+MAX_COUNT = 100_000          # trials, configs, samples, points per range
+MAX_EPOCHS = 10_000          # a trial's budget in epochs
+MAX_ETA = 1_000              # successive halving's reduction factor
+
+
 def _check_budget(budget, name: str = "budget") -> None:
-    validate.integer(name, budget, low=1, what="training epochs")
+    validate.integer(name, budget, low=1, high=MAX_EPOCHS, what="training epochs")
 
 
 def _check_count(name: str, n) -> None:
-    validate.integer(name, n, low=1)
+    validate.integer(name, n, low=1, high=MAX_COUNT)
 
 
 def _check_bool(name: str, value) -> bool:
@@ -645,7 +652,7 @@ def _rungs(min_budget: int, max_budget: int, eta: int) -> list[int]:
     _check_budget(max_budget, "max_budget")
     if max_budget < min_budget:
         raise ValueError(f"max_budget {max_budget} must be >= min_budget {min_budget}")
-    validate.integer("eta", eta, low=2, what="the reduction factor")
+    validate.integer("eta", eta, low=2, high=MAX_ETA, what="the reduction factor")
     rungs = [min_budget]
     while rungs[-1] * eta <= max_budget:
         rungs.append(rungs[-1] * eta)
@@ -800,7 +807,7 @@ def tree_search(objective: Callable, space: dict, *, budget: int, n_trials: int,
     """
     _check_budget(budget)
     _check_count("n_trials", n_trials)
-    validate.integer("points", points, low=1, what="values per range")
+    validate.integer("points", points, low=1, high=MAX_COUNT, what="values per range")
     validate.number("exploration", exploration, low=0, what="the UCT constant c")
     _check_run(objective, space, metric, maximize, name, path, verbose, seed=seed, feasible=feasible)
     run = _setup(objective, space, metric, maximize, name, path, verbose)
@@ -994,7 +1001,7 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
     validate.choice("sampler", sampler, samplers)
     validate.choice("pruner", pruner, _PRUNERS)
     _check_budget(min_budget, "min_budget")
-    validate.integer("eta", eta, low=2, what="the reduction factor")
+    validate.integer("eta", eta, low=2, high=MAX_ETA, what="the reduction factor")
     rungs = _rungs(min_budget, budget, eta) if pruner != "none" else [budget]
     pruners = _pruners(rungs, eta)
     if objectives is not None:

@@ -499,11 +499,17 @@ def _check_batches(model: nn.Module, data) -> None:
     if isinstance(data, Iterator):
         raise TypeError(f"data is a one-shot iterator ({type(data).__name__}): every epoch iterates it again, "
                         f"so pass a re-iterable with a len() (a list of (x, y) batches, Batches, a CachedTeacher)")
-    if isinstance(data, (str, bytes, dict)) or not isinstance(data, Iterable) or not isinstance(data, Sized):
+    if isinstance(data, (str, bytes, dict, torch.Tensor, np.ndarray)) or not isinstance(data, Iterable) \
+            or not isinstance(data, Sized):
         raise TypeError(f"data must be a TensorData or a re-iterable of (x, y) batches with a len() "
                         f"(a list, Batches, a CachedTeacher), got {type(data).__name__}")
     if len(data) == 0:
         raise ValueError("data has no batches (len(data) is 0); it needs at least one (x, y) batch")
+    if isinstance(data, (list, tuple)):
+        bad = next((i for i, b in enumerate(data) if not (isinstance(b, (list, tuple)) and len(b) == 2
+                                                          and all(isinstance(t, torch.Tensor) for t in b))), None)
+        if bad is not None:
+            raise TypeError(f"data[{bad}] must be an (x, y) pair of tensors, got {type(data[bad]).__name__}")
 
 
 def check_train_args(model: nn.Module, data, **train_kw) -> dict:

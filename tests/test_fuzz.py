@@ -597,7 +597,8 @@ def _kd_logits():
     return torch.randn(8, K, generator=g), torch.randn(8, K, generator=g), torch.arange(8) % K
 
 
-TEMPERATURE = num_arg(num_in(0, low_open=True), extra=[1e-3, 4.0, 1e-38, 1e-300], low=0, high=20)
+TEMPERATURE = num_arg(num_in(distill.MIN_TEMPERATURE, distill.MAX_TEMPERATURE), extra=[1e-3, 0.01, 4.0, 1e-38, 1e-300, 1000.0, 1001.0],
+                      low=0, high=20)
 ALPHA = num_arg(num_in(0, 1), extra=[1.0, 1.0001], low=-0.5, high=1.5)
 
 TARGETS.append(Target(
@@ -752,21 +753,21 @@ SEARCH_COMMON = {
 }
 
 for strategy, base, own in [
-    ("random_search", {"budget": 1, "n_trials": 4}, {"budget": int_arg(int_in(1)), "n_trials": int_arg(int_in(1))}),
-    ("grid_search", {"budget": 1, "points": 2}, {"budget": int_arg(int_in(1)),
-                                                 "points": int_arg(lambda v: int_in(1)(v) or same(v, {"b": 2}),
+    ("random_search", {"budget": 1, "n_trials": 4}, {"budget": int_arg(int_in(1, search.MAX_EPOCHS)), "n_trials": int_arg(int_in(1, search.MAX_COUNT))}),
+    ("grid_search", {"budget": 1, "points": 2}, {"budget": int_arg(int_in(1, search.MAX_EPOCHS)),
+                                                 "points": int_arg(lambda v: int_in(1, search.MAX_COUNT)(v) or same(v, {"b": 2}),
                                                                   extra=[{"b": 2}, {"nope": 2}])}),
     ("successive_halving", {"n_configs": 4, "min_budget": 1, "max_budget": 9},
-     {"n_configs": int_arg(int_in(1)), "min_budget": int_arg(int_in(1, 9), names=("min_budget", "max_budget")),
-      "max_budget": int_arg(int_in(1), names=("max_budget", "min_budget")), "eta": int_arg(int_in(2))}),
+     {"n_configs": int_arg(int_in(1, search.MAX_COUNT)), "min_budget": int_arg(int_in(1, 9), names=("min_budget", "max_budget")),
+      "max_budget": int_arg(int_in(1, search.MAX_EPOCHS), names=("max_budget", "min_budget")), "eta": int_arg(int_in(2, search.MAX_ETA))}),
     ("hyperband", {"min_budget": 1, "max_budget": 9},
      {"min_budget": int_arg(int_in(1, 9), names=("min_budget", "max_budget")),
-      "max_budget": int_arg(int_in(1), names=("max_budget", "min_budget")), "eta": int_arg(int_in(2))}),
+      "max_budget": int_arg(int_in(1, search.MAX_EPOCHS), names=("max_budget", "min_budget")), "eta": int_arg(int_in(2, search.MAX_ETA))}),
     ("evolution", {"budget": 1, "n_trials": 6, "population": 3},
-     {"n_trials": int_arg(int_in(1)), "population": int_arg(int_in(1)), "sample_size": int_arg(int_in(1))}),
-    ("hill_climb", {"budget": 1, "n_trials": 5}, {"n_trials": int_arg(int_in(1)), "neighbors": int_arg(int_in(1))}),
+     {"n_trials": int_arg(int_in(1, search.MAX_COUNT)), "population": int_arg(int_in(1, search.MAX_COUNT)), "sample_size": int_arg(int_in(1, search.MAX_COUNT))}),
+    ("hill_climb", {"budget": 1, "n_trials": 5}, {"n_trials": int_arg(int_in(1, search.MAX_COUNT)), "neighbors": int_arg(int_in(1, search.MAX_COUNT))}),
     ("tree_search", {"budget": 1, "n_trials": 5},
-     {"n_trials": int_arg(int_in(1)), "points": int_arg(int_in(1)),
+     {"n_trials": int_arg(int_in(1, search.MAX_COUNT)), "points": int_arg(int_in(1, search.MAX_COUNT)),
       "exploration": num_arg(num_in(0), low=0, high=3)}),
 ]:
     args = {**own, **{k: v for k, v in SEARCH_COMMON.items() if strategy != "grid_search" or k != "seed"}}
