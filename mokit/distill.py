@@ -42,12 +42,12 @@ from .train import (
 # ---------------------------------------------------------------------------------------------
 
 
-MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 1000.0
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 1e6
 
 
 def check_temperature(temperature) -> float:
-    """temperature as a float in [0.01, 1000], else ValueError naming the value (below 0.01 logits / T
-    overflow float32: softmax becomes NaN; above 1000 every soft target is uniform to float precision)."""
+    """temperature as a float in [0.01, 1e6], else ValueError naming the value (far below 0.01, logits / T
+    overflow float32 and the softmax becomes NaN; at 1e6 the soft targets are already uniform)."""
     return validate.number("temperature", temperature, low=MIN_TEMPERATURE, high=MAX_TEMPERATURE)
 
 

@@ -597,7 +597,7 @@ def _kd_logits():
     return torch.randn(8, K, generator=g), torch.randn(8, K, generator=g), torch.arange(8) % K
 
 
-TEMPERATURE = num_arg(num_in(distill.MIN_TEMPERATURE, distill.MAX_TEMPERATURE), extra=[1e-3, 0.01, 4.0, 1e-38, 1e-300, 1000.0, 1001.0],
+TEMPERATURE = num_arg(num_in(distill.MIN_TEMPERATURE, distill.MAX_TEMPERATURE), extra=[1e-3, 0.01, 4.0, 1e-38, 1e-300, 1e6, 1.5e6],
                       low=0, high=20)
 ALPHA = num_arg(num_in(0, 1), extra=[1.0, 1.0001], low=-0.5, high=1.5)
 
