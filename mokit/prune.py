@@ -780,6 +780,9 @@ def resize_like(model: nn.Module, state_dict: dict) -> nn.Module:
     return model
 
 
+MAX_WIDTH = 65_536     # units a widened layer may have (a typo like 10**18 would try to allocate it)
+
+
 def widen(model: nn.Sequential, position: int, width: int, *, seed: int = 0) -> nn.Sequential:
     """Net2WiderNet (Chen et al. 2016): layer `position` grows to `width` units by copying random
     existing units; the next layer's weights from each copy are divided by the number of copies,
@@ -789,7 +792,7 @@ def widen(model: nn.Sequential, position: int, width: int, *, seed: int = 0) -> 
     if position not in producers:
         raise ValueError(f"position {position} cannot be widened; valid positions: {producers}")
     n = _units(model[position])
-    width = validate.integer("width", width, low=n, what=f"the current {n} units or more")
+    width = validate.integer("width", width, low=n, high=MAX_WIDTH, what=f"the current {n} units or more")
     g = torch.Generator().manual_seed(check_seed(seed))
     idx = torch.cat([torch.arange(n), torch.randint(0, n, (width - n,), generator=g)])
     return shrink(model, {position: idx})

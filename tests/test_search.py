@@ -64,7 +64,7 @@ def test_bad_spaces_fail_clearly(make, match):
 
 @pytest.mark.parametrize("budget", [0, -1, 1.5, True])
 def test_bad_budget(budget):
-    with pytest.raises(ValueError, match="budget must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"budget must be an integer in \[1, 10000\]"):
         S.random_search(toy, TOY, budget=budget, n_trials=2)
 
 
