@@ -1,4 +1,7 @@
 import os
+import resource
+import signal
+from collections.abc import Callable
 
 import pytest
 
@@ -43,3 +46,39 @@ def standin_mnist():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MOKIT_STANDIN", "1")
         return data.load_dataset("mnist", "train", subset=1000), data.load_dataset("mnist", "test", subset=500)
+
+
+# --- bad-input tests: a hang or a runaway allocation fails the test instead of the machine ----------
+
+class CallTimeout(BaseException):
+    """A call ran past its time limit (not an Exception: nothing inside mokit may swallow it)."""
+
+
+MEMORY_HEADROOM = 3 * 2 ** 30   # a call may map this much more address space; beyond it, MemoryError
+
+
+def _address_space() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+
+
+def within(seconds: float, fn: Callable):
+    """fn() under a time limit (SIGALRM -> CallTimeout: a hang fails the test instead of blocking it)
+    and an address-space cap (RLIMIT_AS: a call that tries to build a list of 10**18 items fails with
+    MemoryError instead of taking the machine)."""
+    def _alarm(*_):
+        raise CallTimeout(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, _alarm)
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = _address_space() + MEMORY_HEADROOM
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return fn()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        signal.signal(signal.SIGALRM, old)

@@ -25,7 +25,6 @@ import math
 import numbers
 import os
 import random
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CallTimeout, within
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -222,41 +222,6 @@ class Target:
     watch_models: tuple = ("model",)
 
 
-class _Timeout(BaseException):
-    """A call ran past CALL_SECONDS (not an Exception: nothing inside mokit may swallow it)."""
-
-
-MEMORY_HEADROOM = 3 * 2 ** 30   # a call may map this much more address space; beyond it, MemoryError
-
-
-def _address_space() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
-
-
-def within(seconds: float, fn: Callable):
-    """fn() under a time limit (SIGALRM -> _Timeout) and an address-space cap (RLIMIT_AS: a call
-    that tries to build a list of 10**18 items fails with MemoryError instead of taking the machine)."""
-    import resource
-
-    def _alarm(*_):
-        raise _Timeout(f"still running after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, _alarm)
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    cap = _address_space() + MEMORY_HEADROOM
-    if hard != resource.RLIM_INFINITY:
-        cap = min(cap, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        return fn()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-        signal.signal(signal.SIGALRM, old)
-
-
 @dataclass
 class Outcome:
     """How one call went. kind: refused | succeeded | unclear | after_work | refused_valid |
@@ -279,7 +244,7 @@ def exercise(target: Target, arg: str, value, folders: list[Path], seconds: floa
     valid = spec.valid(value)
     try:
         out = within(seconds, lambda: target.run(ctx, kw))
-    except _Timeout as e:
+    except CallTimeout as e:
         return Outcome("hung", str(e))
     except (ValueError, TypeError) as e:
         msg = f"{type(e).__name__}: {e}"

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import within
 from torch import nn
 
 from mokit import metrics
@@ -60,20 +61,6 @@ def test_summarize_table():
 # Bad input (issue 13): a clear error before any work, never a hang or a silent wrong result
 # ---------------------------------------------------------------------------------------------
 
-def _within(seconds: float, fn):
-    """fn() or a TimeoutError after `seconds` (SIGALRM): a hang fails the test instead of blocking it."""
-    import signal
-
-    def _alarm(*_):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        return fn()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -92,7 +79,7 @@ def test_measure_latency_refuses_before_running(kw, match):
     model.register_forward_hook(lambda *_: calls.append(1))
     model.train()
     with pytest.raises(ValueError, match=match):
-        _within(5, lambda: metrics.measure_latency(model, (4,), **kw))
+        within(5, lambda: metrics.measure_latency(model, (4,), **kw))
     assert calls == [] and model.training                      # nothing ran, the model was not touched
 
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import within
 from torch import nn
 
 from mokit import quantize as Q
@@ -466,20 +467,6 @@ def test_quantize_int8_fx_runs_int8_kernels_close_to_float():
 # Bad input (issue 13): refused before any work, never a hang or a silent wrong result
 # ---------------------------------------------------------------------------------------------
 
-def _within(seconds: float, fn):
-    """fn() or a TimeoutError after `seconds` (SIGALRM): a hang fails the test instead of blocking it."""
-    import signal
-
-    def _alarm(*_):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        return fn()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.mark.parametrize("bits", [0, -1, 33, 2.0, True, float("nan")])
@@ -487,14 +474,14 @@ def test_relative_positions_refuses_bits_that_bridge_no_gap(bits):
     mask = torch.zeros(50)
     mask[[0, 40]] = 1
     with pytest.raises(ValueError, match=f"index_bits must be an integer in \\[1, 32\\], got {bits!r}"):
-        _within(5, lambda: Q.relative_positions(mask, bits))
+        within(5, lambda: Q.relative_positions(mask, bits))
 
 
 def test_deep_compression_size_refuses_zero_index_bits_before_any_work():
     mlp, _ = _models()
     books = Q.kmeans_share(mlp, 2, layers=["1"])
     with pytest.raises(ValueError, match="index_bits must be an integer in \\[1, 32\\], got 0"):
-        _within(5, lambda: Q.deep_compression_size(mlp, books, index_bits=0))
+        within(5, lambda: Q.deep_compression_size(mlp, books, index_bits=0))
     with pytest.raises(ValueError, match="books names layer 'nope'"):
         Q.deep_compression_size(mlp, {"nope": books["1"]})
     with pytest.raises(TypeError, match="huffman must be True or False"):

@@ -33,11 +33,6 @@ def test_baseline_accuracy_is_measured_again_for_other_test_data(standin, tmp_pa
     assert calls and len(meta["evals"]) == 1
 
 
-def test_baseline_unknown_recipe_lists_the_known_ones():
-    with pytest.raises(ValueError, match="recipes exist for: lenet300, lenet5"):
-        T.baseline("vgg16")
-
-
 def test_freeze_stops_a_parameter_part_way_and_leaves_it_trainable():
     import torch
 
