@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # JupyterLab refuses to run as root unless told; a learner's laptop never needs this.
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: setup lab test course student clean
+.PHONY: setup lab test course student student-lab clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,10 @@ course: $(STAMP)
 
 student: $(STAMP)
 	$(BIN)/python -m mokit.student
+
+# The learner's entry point: fresh student copies, and JupyterLab opened on them (not on the solutions).
+student-lab: student
+	$(BIN)/jupyter lab $(ROOT_FLAG) student/
 
 clean:
 	rm -rf runs student .pytest_cache

@@ -110,3 +110,17 @@ def test_student_copy_runs_and_records_no_exercise_passed(stem, copies, tmp_path
     executed = json.loads((tmp_path / "out.ipynb").read_text())
     printed = "".join("".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", []))
     assert printed.count("not done yet") == sum(ex.notebook == stem for ex in EXERCISES)
+
+
+def test_student_lab_opens_the_student_copies():
+    """`make student-lab` writes fresh copies first, then roots JupyterLab at student/, not notebooks/."""
+    import shutil
+    import subprocess
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    dry = subprocess.run(["make", "-n", "-W", "requirements.txt", "student-lab"], cwd=student.REPO,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    build = [i for i, line in enumerate(dry) if "-m mokit.student" in line]
+    lab = [i for i, line in enumerate(dry) if "jupyter lab" in line]
+    assert build and lab and build[-1] < lab[-1], dry
+    assert dry[lab[-1]].rstrip().endswith("student/") and "notebooks" not in dry[lab[-1]], dry[lab[-1]]
