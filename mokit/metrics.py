@@ -1,7 +1,8 @@
 """What a model scores and what it costs: accuracy, per-class metrics, size, MACs, measured speed.
 
 Speed is measured, never inferred from parameter counts: `measure_latency` times real forward
-passes (warm-up, then the median of repeats) and says how many threads it used.
+passes (warm-up, then the median of repeats) and says how many threads it used; `speedup`
+compares two models pass by pass, so a busy CPU's noise falls on both alike.
 """
 
 from __future__ import annotations
@@ -235,6 +236,65 @@ def measure_latency(model: nn.Module, in_shape: Sequence[int], *, batch_size: in
                 "device": str(device)}
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _one_pass(model: nn.Module, x: torch.Tensor) -> float:
+    """Seconds for one forward pass (waiting for the GPU when the model is on one)."""
+    t0 = time.perf_counter()
+    model(x)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+@torch.no_grad()
+def speedup(model: nn.Module, reference: nn.Module, in_shape: Sequence[int], *, batch_size: int = 1,
+            pairs: int = 10, warmup: int = 3, threads: int | None = None) -> dict:
+    """How many times faster `model` runs than `reference`: single passes interleaved pair by pair.
+
+    Timing each model for a while and then the other lets a busy CPU's load (another process,
+    a frequency change) land on one of them; here each pair is one pass of each, in alternating
+    order, so the noise hits both alike. Returns the median over pairs of reference / model time
+    ("speedup"), and each one's median ms per batch ("ms", "reference_ms") and the thread count.
+    Bounds (checked before anything runs): batch_size in [1, 2^20], pairs in [1, 10^5],
+    warmup in [0, 10^5], threads None or >= 1.
+    """
+    models = [_model(model), _model(reference)]
+    in_shape = _in_shape(in_shape)
+    batch_size = validate.integer("batch_size", batch_size, low=1, high=2 ** 20)
+    pairs = validate.integer("pairs", pairs, low=1, high=10 ** 5)
+    warmup = validate.integer("warmup", warmup, low=0, high=10 ** 5)
+    if threads is not None:
+        threads = validate.integer("threads", threads, low=1, high=4096)
+    if batch_size * math.prod(in_shape) > 2 ** 30:
+        raise ValueError(f"batch_size {batch_size} x in_shape {in_shape} is over 2^30 input elements")
+    old_threads, modes = torch.get_num_threads(), [m.training for m in models]
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        x = torch.randn(batch_size, *in_shape)
+        xs = [x.to(_device(m)) for m in models]
+        for m, xm in zip(models, xs):
+            m.eval()
+            _forward(m, xm, in_shape)                          # a shape a model cannot take fails here
+            for _ in range(warmup):
+                m(xm)
+        times: list[list[float]] = [[], []]
+        for i in range(pairs):
+            for j in ((0, 1) if i % 2 else (1, 0)):
+                times[j].append(_one_pass(models[j], xs[j]))
+        ratios = [r / t for t, r in zip(*times)]
+        return {"speedup": statistics.median(ratios), "ms": 1e3 * statistics.median(times[0]),
+                "reference_ms": 1e3 * statistics.median(times[1]), "threads": torch.get_num_threads()}
+    finally:
+        torch.set_num_threads(old_threads)
+        for m, mode in zip(models, modes):
+            m.train(mode)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,6 +49,37 @@ def test_latency_is_measured_and_restores_threads():
         metrics.measure_latency(nn.Linear(4, 4), (4,), batch_size=0)
 
 
+def test_speedup_interleaves_single_passes_and_sees_real_work():
+    one, eight = nn.Linear(256, 256), nn.Sequential(*[nn.Linear(256, 256) for _ in range(8)])
+    order = []
+    one.register_forward_hook(lambda *_: order.append("one"))
+    eight[0].register_forward_hook(lambda *_: order.append("eight"))
+    one.train(), eight.eval()
+    threads = torch.get_num_threads()
+    r = metrics.speedup(one, eight, (256,), batch_size=64, pairs=6, warmup=0, threads=1)
+    timed = order[2:]                                             # after one shape-check pass each
+    assert [timed[i:i + 2] for i in range(0, 12, 2)] == [["eight", "one"], ["one", "eight"]] * 3
+    assert r["speedup"] > 2.5 and r["reference_ms"] > r["ms"] > 0 and r["threads"] == 1
+    assert torch.get_num_threads() == threads and one.training and not eight.training
+    assert metrics.speedup(eight, one, (256,), batch_size=64, pairs=6, threads=1)["speedup"] < 0.4
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"pairs": 0}, "pairs must be an integer in \\[1, 100000\\], got 0"),
+    ({"pairs": float("nan")}, "pairs must be an integer"),
+    ({"warmup": -1}, "warmup"), ({"threads": 0}, "threads"), ({"batch_size": 2 ** 21}, "batch_size"),
+])
+def test_speedup_refuses_before_running(kw, match):
+    calls = []
+    model = nn.Linear(4, 4)
+    model.register_forward_hook(lambda *_: calls.append(1))
+    with pytest.raises(ValueError, match=match):
+        metrics.speedup(model, nn.Linear(4, 4), (4,), **kw)
+    assert calls == []
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        metrics.speedup(model, "dense", (4,))
+
+
 def test_summarize_table():
     t = metrics.summarize({"a": nn.Linear(4, 2), "b": nn.Linear(4, 3)}, in_shape=(4,), repeats=2)
     assert [r["model"] for r in t] == ["a", "b"] and t[0]["params"] == 10
