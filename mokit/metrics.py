@@ -182,62 +182,6 @@ def _forward(model: nn.Module, x: torch.Tensor, in_shape) -> torch.Tensor:
                          f"{e}") from None
 
 
-@torch.no_grad()
-def measure_latency(model: nn.Module, in_shape: Sequence[int], *, batch_size: int = 1,
-                    repeats: int = 30, warmup: int = 5, threads: int | None = None,
-                    min_seconds: float = 0.0) -> dict:
-    """Time forward passes on random input of shape (batch_size, *in_shape).
-
-    Returns median, p90 and p99 milliseconds per batch, throughput (examples/s) and the thread count.
-    Runs at least `repeats` timed passes (and at least `min_seconds`) after `warmup` untimed ones.
-    Bounds (checked before anything runs): batch_size in [1, 2^20], repeats in [1, 10^6],
-    warmup in [0, 10^6], threads None or >= 1, min_seconds in [0, 3600] (inf would never return).
-    """
-    _model(model)
-    in_shape = _in_shape(in_shape)
-    batch_size = validate.integer("batch_size", batch_size, low=1, high=2 ** 20)
-    repeats = validate.integer("repeats", repeats, low=1, high=10 ** 6)
-    warmup = validate.integer("warmup", warmup, low=0, high=10 ** 6)
-    if threads is not None:
-        threads = validate.integer("threads", threads, low=1, high=4096)
-    min_seconds = validate.number("min_seconds", min_seconds, low=0, high=3600)
-    if batch_size * math.prod(in_shape) > 2 ** 30:
-        raise ValueError(f"batch_size {batch_size} x in_shape {in_shape} is over 2^30 input elements")
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        device = next(iter(model.parameters()), None)
-        device = device.device if device is not None else torch.device("cpu")
-        was_training = model.training
-        x = torch.randn(batch_size, *in_shape, device=device)
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        model.eval()
-        try:
-            _forward(model, x, in_shape)                           # a shape the model cannot take fails here
-        except ValueError:
-            model.train(was_training)
-            raise
-        for _ in range(warmup):
-            model(x)
-        sync()
-        times: list[float] = []
-        start = time.perf_counter()
-        while len(times) < repeats or time.perf_counter() - start < min_seconds:
-            t0 = time.perf_counter()
-            model(x)
-            sync()
-            times.append(time.perf_counter() - t0)
-        ms = sorted(t * 1e3 for t in times)
-        median = statistics.median(ms)
-        return {"batch_size": batch_size, "ms": median, "p90_ms": ms[int(0.9 * (len(ms) - 1))],
-                "p99_ms": ms[int(0.99 * (len(ms) - 1))],
-                "throughput": batch_size / (median / 1e3), "threads": torch.get_num_threads(),
-                "device": str(device)}
-    finally:
-        torch.set_num_threads(old_threads)
-
-
 def _device(model: nn.Module) -> torch.device:
     p = next(iter(model.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
@@ -250,6 +194,61 @@ def _one_pass(model: nn.Module, x: torch.Tensor) -> float:
     if x.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
+
+
+def _timing_args(in_shape, batch_size, threads) -> tuple[tuple[int, ...], int, int | None]:
+    """The checked (in_shape, batch_size, threads) that both timers take."""
+    in_shape = _in_shape(in_shape)
+    batch_size = validate.integer("batch_size", batch_size, low=1, high=2 ** 20)
+    if threads is not None:
+        threads = validate.integer("threads", threads, low=1, high=4096)
+    if batch_size * math.prod(in_shape) > 2 ** 30:
+        raise ValueError(f"batch_size {batch_size} x in_shape {in_shape} is over 2^30 input elements")
+    return in_shape, batch_size, threads
+
+
+@torch.no_grad()
+def measure_latency(model: nn.Module, in_shape: Sequence[int], *, batch_size: int = 1,
+                    repeats: int = 30, warmup: int = 5, threads: int | None = None,
+                    min_seconds: float = 0.0) -> dict:
+    """Time forward passes on random input of shape (batch_size, *in_shape).
+
+    Returns median, p90 and p99 milliseconds per batch, throughput (examples/s) and the thread count.
+    Runs at least `repeats` timed passes (and at least `min_seconds`) after `warmup` untimed ones.
+    Bounds (checked before anything runs): batch_size in [1, 2^20], repeats in [1, 10^6],
+    warmup in [0, 10^6], threads None or >= 1, min_seconds in [0, 3600] (inf would never return).
+    """
+    _model(model)
+    in_shape, batch_size, threads = _timing_args(in_shape, batch_size, threads)
+    repeats = validate.integer("repeats", repeats, low=1, high=10 ** 6)
+    warmup = validate.integer("warmup", warmup, low=0, high=10 ** 6)
+    min_seconds = validate.number("min_seconds", min_seconds, low=0, high=3600)
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        device, was_training = _device(model), model.training
+        x = torch.randn(batch_size, *in_shape, device=device)
+        model.eval()
+        try:
+            _forward(model, x, in_shape)                           # a shape the model cannot take fails here
+        except ValueError:
+            model.train(was_training)
+            raise
+        for _ in range(warmup):
+            _one_pass(model, x)                                    # waits for the GPU, like a timed pass
+        times: list[float] = []
+        start = time.perf_counter()
+        while len(times) < repeats or time.perf_counter() - start < min_seconds:
+            times.append(_one_pass(model, x))
+        ms = sorted(t * 1e3 for t in times)
+        median = statistics.median(ms)
+        return {"batch_size": batch_size, "ms": median, "p90_ms": ms[int(0.9 * (len(ms) - 1))],
+                "p99_ms": ms[int(0.99 * (len(ms) - 1))],
+                "throughput": batch_size / (median / 1e3), "threads": torch.get_num_threads(),
+                "device": str(device)}
+    finally:
+        torch.set_num_threads(old_threads)
 
 
 @torch.no_grad()
@@ -265,14 +264,9 @@ def speedup(model: nn.Module, reference: nn.Module, in_shape: Sequence[int], *, 
     warmup in [0, 10^5], threads None or >= 1.
     """
     models = [_model(model), _model(reference)]
-    in_shape = _in_shape(in_shape)
-    batch_size = validate.integer("batch_size", batch_size, low=1, high=2 ** 20)
+    in_shape, batch_size, threads = _timing_args(in_shape, batch_size, threads)
     pairs = validate.integer("pairs", pairs, low=1, high=10 ** 5)
     warmup = validate.integer("warmup", warmup, low=0, high=10 ** 5)
-    if threads is not None:
-        threads = validate.integer("threads", threads, low=1, high=4096)
-    if batch_size * math.prod(in_shape) > 2 ** 30:
-        raise ValueError(f"batch_size {batch_size} x in_shape {in_shape} is over 2^30 input elements")
     old_threads, modes = torch.get_num_threads(), [m.training for m in models]
     if threads is not None:
         torch.set_num_threads(threads)
@@ -283,7 +277,7 @@ def speedup(model: nn.Module, reference: nn.Module, in_shape: Sequence[int], *, 
             m.eval()
             _forward(m, xm, in_shape)                          # a shape a model cannot take fails here
             for _ in range(warmup):
-                m(xm)
+                _one_pass(m, xm)
         times: list[list[float]] = [[], []]
         for i in range(pairs):
             for j in ((0, 1) if i % 2 else (1, 0)):
