@@ -2,7 +2,8 @@
 
 A summary table (status, run time, device, data) for every notebook, then per notebook each recorded
 number next to its band and the paper's figure where the bands file names one, numbers outside their
-band highlighted, and the notebook's plots embedded as base64 PNGs.
+band highlighted, each claim the run chose with its evidence (`results.claim`), and the notebook's
+plots embedded as base64 PNGs.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def notebook_images(executed: str | Path | None) -> list[str]:
 
 
 def _numbers_table(row: dict) -> str:
-    results, bands, refs = flatten(row.get("results", {})), row.get("bands", {}), row.get("references", {})
+    results = flatten({k: v for k, v in row.get("results", {}).items() if k != "claims"})
+    bands, refs = row.get("bands", {}), row.get("references", {})
     lines = ["<tr><th>number</th><th>value</th><th>band</th><th>reference</th></tr>"]
     for name in list(bands) + [k for k in results if k not in bands]:
         bad = name in bands and check_bands(row.get("results", {}), {name: bands[name]})
@@ -59,6 +61,19 @@ def _numbers_table(row: dict) -> str:
         lines.append(f"<tr{' class=bad' if bad else ''}><td>{escape(name)}</td><td class=num>{escape(value)}</td>"
                      f"<td class=num>{escape(band)}</td><td class=ref>{escape(refs.get(name, ''))}</td></tr>")
     return "<table>" + "".join(lines) + "</table>"
+
+
+def _claims_table(row: dict) -> str:
+    """Each sentence the run chose (results.claim), whether its condition held, and its evidence."""
+    claims = row.get("results", {}).get("claims", {})
+    if not claims:
+        return ""
+    lines = ["<tr><th>claim</th><th>the run said</th><th>held</th><th>evidence</th></tr>"]
+    for name, c in sorted(claims.items()):
+        evidence = ", ".join(f"{k} = {fmt(v)}" for k, v in sorted(c.get("evidence", {}).items()))
+        lines.append(f"<tr><td>{escape(name)}</td><td>{escape(str(c.get('text', '')))}</td>"
+                     f"<td>{'yes' if c.get('held') else 'no'}</td><td class=ref>{escape(evidence)}</td></tr>")
+    return f"<h3>{len(claims)} claims, each chosen by its measurement</h3><table>{''.join(lines)}</table>"
 
 
 def render(rows: list[dict], title: str = "mokit course report") -> str:
@@ -80,7 +95,7 @@ def render(rows: list[dict], title: str = "mokit course report") -> str:
         images = "".join(f"<img alt='plot {i + 1} of {escape(row['notebook'])}' src='data:image/png;base64,{b64}'>"
                          for i, b64 in enumerate(row.get("images", [])))
         sections.append(f"<h2 id='{escape(row['notebook'])}'>{escape(row['notebook'])} "
-                        f"<span class={css}>{escape(status)}</span></h2>{_numbers_table(row)}"
+                        f"<span class={css}>{escape(status)}</span></h2>{_numbers_table(row)}{_claims_table(row)}"
                         + (f"<details open><summary>{len(row['images'])} plots</summary>{images}</details>" if images else ""))
     ok = sum(r["status"] == "ok" for r in rows)
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"

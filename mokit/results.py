@@ -1,6 +1,8 @@
-"""What a notebook claims, written down: `record("02_pruning", pruned_acc=98.1, ...)`.
+"""What a notebook claims, written down: `record("02_pruning", pruned_acc=98.1, ...)` for its
+numbers, `claim("04_quantization", "int8_wins", speedup > 1, "int8 is faster", "int8 is slower")`
+for a sentence the measurement chooses.
 
-Numbers go to <runs>/results/<notebook>.json (merged with what that notebook recorded before),
+Both go to <runs>/results/<notebook>.json (merged with what that notebook recorded before),
 where the tests and the course report read them.
 """
 
@@ -89,13 +91,54 @@ def record(notebook: str, **numbers) -> dict:
     file is read, merged and atomically replaced under an exclusive lock, so concurrent writers
     (several processes or threads) lose no update.
     """
-    path = results_path(notebook)
+    results_path(notebook)
     if not numbers:
         raise ValueError("record() needs at least one name=value")
+    if "claims" in numbers:
+        raise ValueError("'claims' is written by claim(), one sentence at a time; record() cannot replace it")
     plain = {k: _plain(v, k) for k, v in numbers.items()}
+    return _update(notebook, lambda current: current.update(plain))
+
+
+def claim(notebook: str, name: str, held, if_held: str, otherwise: str, **evidence) -> str:
+    """Say the sentence the measurement picked, and write it down with the numbers it rests on.
+
+    `held` is the measured condition (a bool, or anything `bool()` takes that is not NaN);
+    `if_held` / `otherwise` are the two sentences, each formatted with `evidence` (so
+    "{speedup:.2f}x" prints the measured value). The chosen sentence is printed, returned, and
+    recorded under `claims.<name>` of the notebook's results as {"held", "text", "evidence"}, where
+    the course report lists it. Nothing is written if an argument is refused.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"claim name must be an identifier like 'int8_wins_at_256', got {name!r}")
+    if torch.is_tensor(held) or isinstance(held, np.ndarray):
+        if (held.numel() if torch.is_tensor(held) else held.size) != 1:
+            raise ValueError(f"claim {name!r}: held must be one condition, got a {tuple(held.shape)} array")
+        held = held.item()
+    if held is None or isinstance(held, (float, np.floating)) and math.isnan(held):
+        raise ValueError(f"claim {name!r}: held must be a measured condition (True / False), got {held!r}")
+    for label, text in (("if_held", if_held), ("otherwise", otherwise)):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"claim {name!r}: {label} must be a sentence (a non-empty str), got {text!r}")
+    held = bool(held)
+    plain = _plain(evidence, "evidence")
+    try:
+        text = (if_held if held else otherwise).format(**evidence)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"claim {name!r}: its sentence names {e} that the evidence ({sorted(evidence)}) "
+                         f"does not give, or formats it wrongly") from e
+    _update(notebook, lambda current: current.setdefault("claims", {}).__setitem__(
+        name, {"held": held, "text": text, "evidence": plain}))
+    print(text)
+    return text
+
+
+def _update(notebook: str, change) -> dict:
+    """Read the notebook's results, apply `change(current)`, atomically write them back, under the lock."""
+    path = results_path(notebook)
     with _locked(path):
         current = load_results(notebook)
-        current.update(plain)
+        change(current)
         atomic_write_bytes(path, json.dumps(current, indent=2, sort_keys=True, allow_nan=False).encode())
     return current
 
@@ -192,7 +235,8 @@ def ledger(contains: str | None = None):
 
     rows = Table()
     for path in sorted((runs_root() / "results").glob("*.json")):
-        for metric, value in sorted(flatten(load_results(path.stem)).items()):
+        numbers = {k: v for k, v in load_results(path.stem).items() if k != "claims"}   # sentences: the report
+        for metric, value in sorted(flatten(numbers).items()):
             if isinstance(value, list) or (contains is not None and contains not in metric):
                 continue
             rows.append({"notebook": path.stem, "metric": metric, "value": value})

@@ -95,3 +95,52 @@ def test_bad_notebook_names_are_refused(tmp_path, monkeypatch, notebook):
     monkeypatch.setenv("MOKIT_RUNS", str(tmp_path))
     with pytest.raises(ValueError, match="notebook name"):
         results.record(notebook, a=1)
+
+
+def test_claim_says_the_sentence_its_measurement_picks_and_records_the_evidence(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MOKIT_RUNS", str(tmp_path))
+    said = results.claim("99_claims", "int8_wins", 1.8 > 1.0, "int8 is {speedup:.2f}x faster",
+                         "int8 is slower ({speedup:.2f}x)", speedup=1.8)
+    assert said == "int8 is 1.80x faster" and capsys.readouterr().out == said + "\n"
+    results.claim("99_claims", "first_layer", np.float64(0.3) > 0.5, "the first layer lost most",
+                  "the first layer did not lose most ({share:.0%})", share=torch.tensor(0.3))
+    results.record("99_claims", acc=98.0)                      # numbers and claims live side by side
+    got = results.load_results("99_claims")
+    assert got["acc"] == 98.0
+    assert got["claims"]["int8_wins"] == {"held": True, "text": "int8 is 1.80x faster", "evidence": {"speedup": 1.8}}
+    assert got["claims"]["first_layer"]["held"] is False
+    assert got["claims"]["first_layer"]["text"] == "the first layer did not lose most (30%)"
+    assert got["claims"]["first_layer"]["evidence"]["share"] == pytest.approx(0.3)
+    assert "claims" not in {r["metric"].split(".")[0] for r in results.ledger()}   # the ledger lists numbers
+
+
+@pytest.mark.parametrize("args, kwargs, match", [
+    (("bad name", True, "a", "b"), {}, "identifier"),
+    (("ok", float("nan"), "a", "b"), {}, "measured condition"),
+    (("ok", None, "a", "b"), {}, "measured condition"),
+    (("ok", torch.tensor(float("nan")), "a", "b"), {}, "measured condition"),
+    (("ok", torch.tensor([True, False]), "a", "b"), {}, "one condition"),
+    (("ok", True, "", "b"), {}, "if_held"),
+    (("ok", True, "a {x}", "b"), {}, "does not give"),
+    (("ok", True, "a", "b"), {"x": float("inf")}, "non-finite"),
+])
+def test_claim_refuses_bad_arguments_before_writing(tmp_path, monkeypatch, args, kwargs, match):
+    monkeypatch.setenv("MOKIT_RUNS", str(tmp_path))
+    with pytest.raises(ValueError, match=match):
+        results.claim("99_claims", *args, **kwargs)
+    assert results.load_results("99_claims") == {}
+
+
+def test_record_cannot_overwrite_the_claims(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOKIT_RUNS", str(tmp_path))
+    with pytest.raises(ValueError, match="claim"):
+        results.record("99_claims", claims={})
+
+
+def test_the_report_lists_each_claim_with_its_evidence():
+    from mokit import report
+    html = report.render([{"notebook": "04_quantization", "status": "ok", "seconds": 1.0, "bands": {},
+                           "results": {"acc": 1.0, "claims": {"int8_wins": {"held": False, "text": "int8 is slower",
+                                                                            "evidence": {"speedup": 0.8}}}}}])
+    assert "int8 is slower" in html and "speedup = 0.8" in html and "1 claims" in html
+    assert "claims.int8_wins" not in html                       # not in the numbers table
