@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # JupyterLab refuses to run as root unless told; a learner's laptop never needs this.
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: setup lab test course student student-lab clean
+.PHONY: setup lab test course student student-lab workshop clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,11 @@ student: $(STAMP)
 # The learner's entry point: fresh student copies, and JupyterLab opened on them (not on the solutions).
 student-lab: student
 	$(BIN)/jupyter lab $(ROOT_FLAG) student/
+
+# Before a class: decode the data, train and cache every baseline, write the student copies.
+# DATASETS="fashion_mnist cifar10" also warms the LeNets for those values of the DATASET knob.
+workshop: $(STAMP)
+	$(BIN)/python -m mokit.workshop $(if $(DATASETS),--datasets $(DATASETS))
 
 clean:
 	rm -rf runs student .pytest_cache
