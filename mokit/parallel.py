@@ -423,7 +423,7 @@ def distributed_search(storage: str | os.PathLike, *, workers: int = 2, n_trials
     from . import search
 
     _check_world_size(workers)
-    search._check_count("n_trials", n_trials)
+    search.check_count("n_trials", n_trials)
     if not str(storage).endswith((".log", ".journal")):
         raise ValueError(f"storage {str(storage)!r}: give a journal file (*.log, *.journal) all workers can open")
     outs = launch(_search_worker, workers, (str(storage), study_name, n_trials, dataset, n_train, n_val, seed,

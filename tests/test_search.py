@@ -1,6 +1,7 @@
 """mokit.search: spaces, strategies against brute force, persistence, SIGKILL resume, two workers."""
 
 import functools
+import inspect
 import json
 import math
 import os
@@ -424,3 +425,31 @@ def test_train_objective_keeps_data_already_on_the_device():
         obj = S.train_objective(lambda c: create_model("mlp", hidden=(8,)), tr, val, device="cpu")
         obj({}, 1)
     assert seen and seen[0] is tr.x                                  # the very tensor it was given
+
+
+# Every registered strategy, so a new one is tested the moment it is registered
+REGISTRY_ARGS = {"grid": {"budget": 1, "points": 2}, "successive_halving": {"n_configs": 4, "min_budget": 1, "max_budget": 3},
+                 "hyperband": {"min_budget": 1, "max_budget": 3}}
+
+
+@pytest.mark.parametrize("key", sorted(S.STRATEGIES))
+def test_every_registered_strategy_shares_the_runner_options_and_resumes(key, tmp_path):
+    fn = S.STRATEGIES[key]
+    params = inspect.signature(fn).parameters
+    assert list(params)[:2] == ["objective", "space"]
+    assert {"metric", "maximize", "name", "path", "verbose"} <= set(params)
+    assert "run" not in params                                    # the loop's runner is built for it
+    with pytest.raises(TypeError, match="momentum"):
+        fn(toy, TOY, momentum=0.9, **REGISTRY_ARGS.get(key, {"budget": 1, "n_trials": 4}))
+    calls = []
+    counted = lambda c, b: calls.append(b) or toy(c, b)            # noqa: E731
+    kw = REGISTRY_ARGS.get(key, {"budget": 1, "n_trials": 4, "seed": 0})
+    first = fn(counted, TOY, path=tmp_path / key, **kw)
+    assert isinstance(first, S.SearchResult) and first.trials and first.compute == sum(calls)
+    assert all(t.status == "ok" for t in first.trials)
+    ran = len(calls)
+    again = fn(counted, TOY, path=tmp_path / key, **kw)             # the log answers every trial
+    assert len(calls) == ran and [t.key for t in again.trials] == [t.key for t in first.trials]
+    assert all(t.resumed for t in again.trials)
+    low = fn(lambda c, b: -toy(c, b), TOY, maximize=False, metric="score", **kw)
+    assert low.best_value == pytest.approx(-first.best_value)      # minimising the negated score

@@ -1,0 +1,189 @@
+"""Optuna drives the search: its samplers, pruners and storages (several workers share one study).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .. import validate
+from .checks import MAX_ETA, check_budget, check_count
+from .runner import Runner, SearchResult
+from .space import is_active, validate_space
+from .strategies import rungs as _rungs
+from .trials import Trial, jsonable, tuples_back
+
+
+def _samplers():
+    import optuna
+    return {"tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True),
+            "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+            "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed, population_size=8)}
+
+
+def _pruners(rungs: list[int], eta: int):
+    import optuna
+    return {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3),
+            "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=rungs[0], reduction_factor=eta),
+            "hyperband": lambda: optuna.pruners.HyperbandPruner(
+                min_resource=rungs[0], max_resource=rungs[-1], reduction_factor=eta),
+            "none": lambda: optuna.pruners.NopPruner()}
+
+
+def open_storage(storage):
+    """None (in memory), a journal file path (*.log / *.journal: processes on one machine), or an
+    RDB URL ('sqlite:///x.db', 'postgresql://user:pw@host/db', 'mysql+pymysql://...': machines)."""
+    if storage is None or not isinstance(storage, (str, os.PathLike)):
+        return storage
+    s = str(storage)
+    if "://" in s:
+        return s
+    if not s.endswith((".log", ".journal", ".jsonl")):
+        raise ValueError(f"storage {s!r}: give a journal file (*.log, *.journal) or an RDB URL "
+                         f"(sqlite:///..., postgresql://..., mysql+pymysql://...)")
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    Path(s).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(s))
+
+
+def _suggest(trial, space: dict) -> dict:
+    """Ask Optuna for each active decision (define-by-run handles the conditions)."""
+    config: dict = {}
+    for name, p in space.items():
+        if not is_active(p, config):
+            continue
+        if p.kind == "float":
+            config[name] = trial.suggest_float(name, p.low, p.high, log=p.log)
+        elif p.kind == "int":
+            config[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log)
+        elif all(o is None or isinstance(o, (bool, int, float, str)) for o in p.options):
+            config[name] = trial.suggest_categorical(name, list(p.options))
+        else:                                      # tuples etc.: Optuna sees their repr
+            labels = {repr(o): o for o in p.options}
+            config[name] = labels[trial.suggest_categorical(name, list(labels))]
+    return config
+
+
+_COUNTED = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
+_PRUNERS = ("median", "successive_halving", "hyperband", "none")
+
+
+def _check_objectives(objectives) -> list[tuple[str, bool]]:
+    """[(metric, maximize), ...]: at least one pair of a metric's name and True / False."""
+    ok = isinstance(objectives, (list, tuple)) and len(objectives) > 0 and all(
+        isinstance(o, (list, tuple)) and len(o) == 2 and isinstance(o[0], str) and o[0]
+        and isinstance(o[1], bool) for o in objectives)
+    if not ok:
+        raise ValueError(f"objectives must be a non-empty list of (metric name, maximize True/False) pairs, "
+                         f"got {objectives!r}")
+    return [tuple(o) for o in objectives]
+
+
+def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: int,
+                  sampler: str = "tpe", seed: int | None = 0, metric: str = "score",
+                  maximize: bool = True, objectives: Sequence[tuple[str, bool]] | None = None,
+                  pruner: str = "none", eta: int = 3, min_budget: int = 1,
+                  storage=None, study_name: str | None = None, name: str | None = None, path=None,
+                  verbose: bool = False) -> SearchResult:
+    """Optuna drives the search; mokit supplies the space, the objective and the trial log.
+
+    sampler: 'tpe' | 'nsga2' (several objectives) | 'random'. objectives=[(metric, maximize), ...]
+    makes it multi-objective. pruner: 'none' | 'median' | 'successive_halving' | 'hyperband':
+    the config is then trained at budgets min_budget, *eta, ... up to budget (each from scratch,
+    all counted as compute) and Optuna may stop it after any rung.
+    storage: see open_storage. Workers started with the same storage and study_name share one
+    study; together they finish n_trials trials (counted in the study, over all workers).
+    """
+    import optuna
+
+    check_budget(budget)
+    check_count("n_trials", n_trials)
+    samplers = _samplers()
+    validate.choice("sampler", sampler, samplers)
+    validate.choice("pruner", pruner, _PRUNERS)
+    check_budget(min_budget, "min_budget")
+    validate.integer("eta", eta, low=2, high=MAX_ETA, what="the reduction factor")
+    rungs = _rungs(min_budget, budget, eta) if pruner != "none" else [budget]
+    pruners = _pruners(rungs, eta)
+    if objectives is not None:
+        objectives = _check_objectives(objectives)
+    objectives = objectives or [(metric, maximize)]
+    if len(objectives) > 1 and pruner != "none":
+        raise ValueError("Optuna pruners work with one objective; use pruner='none' with several")
+    if storage is not None and not isinstance(storage, (str, os.PathLike, optuna.storages.BaseStorage)):
+        raise ValueError(f"storage must be None, a journal file path, an RDB URL or an Optuna storage, "
+                         f"got {storage!r}")
+    if study_name is not None and (not isinstance(study_name, str) or not study_name):
+        raise ValueError(f"study_name must be a non-empty string or None, got {study_name!r}")
+    if seed is not None:
+        validate.integer("seed", seed, what="or None")
+    metric, maximize = objectives[0]
+    run = Runner(objective, metric=metric, maximize=maximize, name=name, path=path, verbose=verbose)
+    validate_space(space)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)      # mokit prints failed trials itself
+    study = optuna.create_study(
+        storage=open_storage(storage), study_name=study_name, load_if_exists=study_name is not None,
+        sampler=samplers[sampler](seed), pruner=pruners[pruner](),
+        directions=["maximize" if mx else "minimize" for _, mx in objectives])
+    counted = tuple(getattr(optuna.trial.TrialState, s) for s in _COUNTED)
+
+    def ahead(number: int | None = None) -> int:
+        """Trials of the study that count towards n_trials (before `number`, if given)."""
+        return sum(1 for t in study.get_trials(deepcopy=False, states=counted)
+                   if not t.user_attrs.get("over_quota") and (number is None or t.number < number))
+
+    def fn(trial):
+        if ahead(trial.number) >= n_trials:        # another worker took the last slot
+            trial.set_user_attr("over_quota", True)
+            study.stop()
+            raise optuna.TrialPruned()
+        config = _suggest(trial, space)
+        trial.set_user_attr("config", jsonable(config))
+        spent = 0
+        for b in rungs:
+            t = run(config, b)
+            spent += b
+            trial.set_user_attr("compute", spent)
+            trial.set_user_attr("budget", b)
+            trial.set_user_attr("metrics", t.metrics)
+            trial.set_user_attr("seconds", t.seconds)
+            if t.status != "ok":
+                return float("nan") if len(objectives) == 1 else tuple(float("nan") for _ in objectives)
+            if b != rungs[-1]:
+                trial.report(t.value(metric, maximize), b)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+        vals = tuple(float(t.metrics[m]) for m, _ in objectives)
+        return vals[0] if len(vals) == 1 else vals
+
+    def stop_when_done(study_, _trial):
+        if ahead() >= n_trials:
+            study_.stop()
+
+    if ahead() < n_trials:
+        study.optimize(fn, callbacks=[stop_when_done], catch=(Exception,))
+    return study_result(study, f"optuna_{sampler}", metric, maximize)
+
+
+def study_result(study, strategy: str = "optuna", metric: str = "score",
+                 maximize: bool = True) -> SearchResult:
+    """A SearchResult of every trial in an Optuna study made by optuna_search (all workers)."""
+    import optuna
+
+    status = {optuna.trial.TrialState.COMPLETE: "ok", optuna.trial.TrialState.PRUNED: "pruned",
+              optuna.trial.TrialState.FAIL: "failed"}
+    trials = []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if t.state not in status or t.user_attrs.get("over_quota") or "config" not in t.user_attrs:
+            continue
+        ua = t.user_attrs
+        metrics = ua.get("metrics", {}) if t.state == optuna.trial.TrialState.COMPLETE else {}
+        trials.append(Trial(tuples_back(ua["config"]), ua.get("budget", 0), metrics, ua.get("seconds", 0.0),
+                            status[t.state], info={"number": t.number, "compute": ua.get("compute", 0)}))
+    result = SearchResult(strategy, trials, metric, maximize)
+    return result
+
+
