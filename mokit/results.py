@@ -12,14 +12,12 @@ import json
 import math
 import os
 from contextlib import contextmanager
-from decimal import Decimal
-from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .data import atomic_write_bytes, runs_root
+from .files import atomic_write_bytes, plain, runs_root
 
 try:
     import fcntl
@@ -33,42 +31,6 @@ def results_path(notebook: str) -> Path:
             or any(c in notebook for c in "/\\\0"):
         raise ValueError(f"notebook name must be a plain file stem like '00_setup_and_baselines', got {notebook!r}")
     return runs_root() / "results" / f"{notebook}.json"
-
-
-def _plain(value, name: str):
-    """Tensors, NumPy arrays and scalars, tuples and dicts of them -> JSON-able Python values.
-
-    `name` says where the value sits (`key`, `key.sub`, `key[2]`) in the error a non-finite number
-    (NaN, inf of any numeric type) or a value JSON cannot hold raises.
-    """
-    if torch.is_tensor(value):
-        return _plain(value.tolist(), name)
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist(), name)
-    if isinstance(value, (np.bool_, np.integer, np.floating)):     # NumPy scalars (longdouble too)
-        value = bool(value) if isinstance(value, np.bool_) else int(value) if isinstance(value, np.integer) \
-            else float(value)
-    elif isinstance(value, np.generic):                             # datetime64, str_, ...: Python's own
-        item = value.item()
-        if isinstance(item, np.generic):
-            raise TypeError(f"cannot record {name}: a {type(value).__name__} ({value!r})")
-        return _plain(item, name)
-    if isinstance(value, dict):
-        return {str(k): _plain(v, f"{name}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, f"{name}[{i}]") for i, v in enumerate(value)]
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, Integral):
-        return int(value)
-    if isinstance(value, (Real, Decimal)):
-        number = float(value)
-        if not math.isfinite(number) or (isinstance(value, Decimal) and not value.is_finite()):
-            raise ValueError(f"refusing to record a non-finite number: {name} = {value!r} "
-                             f"(JSON holds finite numbers only)")
-        return number
-    raise TypeError(f"cannot record {name}: a {type(value).__name__} ({value!r}); record numbers, strings, "
-                    f"bools, None, tensors, NumPy arrays, or lists / dicts of them")
 
 
 @contextmanager
@@ -96,8 +58,8 @@ def record(notebook: str, **numbers) -> dict:
         raise ValueError("record() needs at least one name=value")
     if "claims" in numbers:
         raise ValueError("'claims' is written by claim(), one sentence at a time; record() cannot replace it")
-    plain = {k: _plain(v, k) for k, v in numbers.items()}
-    return _update(notebook, lambda current: current.update(plain))
+    values = {k: plain(v, k) for k, v in numbers.items()}
+    return _update(notebook, lambda current: current.update(values))
 
 
 def claim(notebook: str, name: str, held, if_held: str, otherwise: str, **evidence) -> str:
@@ -121,14 +83,14 @@ def claim(notebook: str, name: str, held, if_held: str, otherwise: str, **eviden
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"claim {name!r}: {label} must be a sentence (a non-empty str), got {text!r}")
     held = bool(held)
-    plain = _plain(evidence, "evidence")
+    recorded = plain(evidence, "evidence")
     try:
         text = (if_held if held else otherwise).format(**evidence)
     except (KeyError, IndexError, ValueError) as e:
         raise ValueError(f"claim {name!r}: its sentence names {e} that the evidence ({sorted(evidence)}) "
                          f"does not give, or formats it wrongly") from e
     _update(notebook, lambda current: current.setdefault("claims", {}).__setitem__(
-        name, {"held": held, "text": text, "evidence": plain}))
+        name, {"held": held, "text": text, "evidence": recorded}))
     print(text)
     return text
 

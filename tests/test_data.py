@@ -3,7 +3,7 @@ import gzip
 import pytest
 import torch
 
-from mokit import data
+from mokit import data, files
 
 
 def test_standin_shapes_classes_and_signal(standin):
@@ -96,7 +96,7 @@ def test_atomic_write_and_safe_load(tmp_path):
     p = tmp_path / "x.pt"
     data.atomic_torch_save({"a": torch.ones(2)}, p)
     assert torch.equal(data.safe_torch_load(p)["a"], torch.ones(2))
-    assert p.stat().st_mode & 0o777 == 0o666 & ~data._UMASK      # not mkstemp's 0600
+    assert p.stat().st_mode & 0o777 == 0o666 & ~files.process_umask()      # not mkstemp's 0600
     p.write_bytes(b"garbage")
     with pytest.raises(ValueError, match=str(p)):
         data.safe_torch_load(p)

@@ -8,9 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from mokit import data
+from mokit.files import _HOST
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,7 +54,7 @@ def test_a_killed_saves_temp_file_is_removed_by_the_next_write_of_that_target(tm
 
 
 def test_only_the_targets_own_stale_temp_files_go(tmp_path):
-    target, host, dead, old = tmp_path / "model.pt", data._HOST, _dead_pid(), time.time() - 2 * 3600
+    target, host, dead, old = tmp_path / "model.pt", _HOST, _dead_pid(), time.time() - 2 * 3600
     files = {
         "dead": f".model.pt.{dead}@{host}.abcdefgh.tmp",             # its writer is gone: removed
         "live": f".model.pt.{os.getpid()}@{host}.abcdefgh.tmp",      # a live writer (this process): kept
@@ -80,4 +82,24 @@ def test_temp_files_name_their_writer(tmp_path, monkeypatch):
     real = os.replace
     monkeypatch.setattr(os, "replace", lambda src, dst: seen.append(Path(src).name) or real(src, dst))
     data.atomic_write_bytes(tmp_path / "x.json", b"{}")
-    assert seen and seen[0].startswith(f".x.json.{os.getpid()}@{data._HOST}.") and seen[0].endswith(".tmp")
+    assert seen and seen[0].startswith(f".x.json.{os.getpid()}@{_HOST}.") and seen[0].endswith(".tmp")
+
+
+def test_importing_and_writing_leave_the_process_umask_alone(tmp_path):
+    """The umask is read from /proc where Linux has it; importing mokit never sets it."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("no /proc/self/status here: the umask can only be read by setting it back at once")
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(REPO)!r})
+def refuse(mask):
+    raise AssertionError("os.umask was called")
+os.umask = refuse
+import mokit.data, mokit.files, mokit.results, mokit.search
+p = mokit.files.atomic_write_bytes({str(tmp_path / 'x.bin')!r}, b"x")
+print(oct(p.stat().st_mode & 0o777), oct(mokit.files.process_umask()))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    mode, mask = (int(v, 8) for v in out.stdout.split())
+    assert mode == 0o666 & ~mask

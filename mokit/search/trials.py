@@ -11,20 +11,17 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..files import plain, runs_root
+
 try:
     import fcntl
 except ImportError:          # Windows: no advisory locks; each line is still one O_APPEND write
     fcntl = None
 
 
-def jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if hasattr(obj, "item"):                       # numpy / torch scalars
-        return obj.item()
-    return obj
+def jsonable(obj, name: str = "value"):
+    """A config or metrics as the trial log stores them (files.plain; NaN kept, as a failed side metric may be)."""
+    return plain(obj, name, finite=False)
 
 
 def tuples_back(config: dict) -> dict:
@@ -181,6 +178,5 @@ def check_search_name(name) -> str:
 def search_path(name: str) -> Path:
     """Folder of the search called `name`: <runs>/searches/<name>."""
     check_search_name(name)
-    from ..data import runs_root  # lazily: a search worker need not import torch
     return runs_root() / "searches" / name
 
