@@ -191,14 +191,14 @@ def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
 
 def warmup_cosine(fn: Callable[[float, float], float]) -> CheckResult:
     """fn(t, warmup) = t / warmup for t < warmup, then 0.5 (1 + cos(pi (t - warmup) / (1 - warmup)))."""
-    from .train import _warmup_cosine
+    from .train import warmup_cosine
     cases = [Case("t=0: the start of the warm-up", (0.0, 0.1), 0.0),
              Case("t=0.05, warmup=0.1: halfway up", (0.05, 0.1), 0.5),
              Case("t=0.1, warmup=0.1: the peak", (0.1, 0.1), 1.0),
              Case("t=0.55, warmup=0.1: halfway down the cosine", (0.55, 0.1), 0.5),
              Case("t=1: the end", (1.0, 0.1), 0.0),
              Case("t=0.1, warmup=0.2: another warm-up length", (0.1, 0.2), 0.5)]
-    cases += [Case(f"t={t}, warmup=0.25 against mokit.train", (t, 0.25), _warmup_cosine(t, 0.25))
+    cases += [Case(f"t={t}, warmup=0.25 against mokit.train", (t, 0.25), warmup_cosine(t, 0.25))
               for t in (0.13, 0.4, 0.87)]
     return run_checks("warmup_cosine", fn, cases,
                       "f(t) = t / warmup while t < warmup, then 0.5 * (1 + cos(pi * (t - warmup) / (1 - warmup)))")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import validate
+from .models import check_in_shape
 
 # ---------------------------------------------------------------------------------------------
 # Quality
@@ -107,15 +108,7 @@ def _model(model) -> nn.Module:
 
 def _in_shape(in_shape) -> tuple[int, ...]:
     """One example's shape: a non-empty sequence of positive integers (at most 2^28 elements)."""
-    if isinstance(in_shape, (str, bytes)) or not isinstance(in_shape, (Sequence, torch.Size)):
-        raise TypeError(f"in_shape must be a sequence of positive integers, got {in_shape!r}")
-    shape = tuple(validate.integer("in_shape", d, low=1, what=f"each dimension of {tuple(in_shape)!r}")
-                  for d in in_shape)
-    if not shape:
-        raise ValueError("in_shape must have at least one dimension, got ()")
-    if math.prod(shape) > 2 ** 28:
-        raise ValueError(f"in_shape {shape} has {math.prod(shape):,} elements per example; at most 2^28")
-    return shape
+    return check_in_shape(in_shape, image=False, max_elements=2 ** 28)
 
 
 def count_params(model: nn.Module) -> int:

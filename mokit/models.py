@@ -96,8 +96,9 @@ def _positive_ints(name: str, values: Sequence[int], *, high: int = MAX_WIDTH) -
     return [int(v) for v in values]
 
 
-def _in_shape(in_shape, *, image: bool = True) -> tuple[int, ...]:
-    """(C, H, W) of positive integers (image models), or any non-empty shape (MLPs)."""
+def check_in_shape(in_shape, *, image: bool = True, max_elements: int = MAX_INPUT) -> tuple[int, ...]:
+    """(C, H, W) of positive integers (image=True: conv models), or any non-empty shape (MLPs, and
+    the metrics that take any model), of at most `max_elements` elements per example."""
     if isinstance(in_shape, (str, bytes)) or not isinstance(in_shape, (Sequence, torch.Size)):
         raise TypeError(f"in_shape must be a sequence of positive integers, got {in_shape!r}")
     shape = tuple(validate.integer("in_shape", d, low=1, what=f"each dimension of {tuple(in_shape)!r}")
@@ -106,13 +107,17 @@ def _in_shape(in_shape, *, image: bool = True) -> tuple[int, ...]:
         raise ValueError(f"in_shape must be (C, H, W) for this model, got {shape}")
     if not shape:
         raise ValueError("in_shape must have at least one dimension, got ()")
-    if math.prod(shape) > MAX_INPUT:
-        raise ValueError(f"in_shape {shape} has {math.prod(shape):,} elements; at most {MAX_INPUT:,}")
+    if math.prod(shape) > max_elements:
+        raise ValueError(f"in_shape {shape} has {math.prod(shape):,} elements per example; at most {max_elements:,}")
     return shape
 
 
-def _num_classes(num_classes) -> int:
+def check_num_classes(num_classes) -> int:
+    """A positive number of classes (at most 100,000)."""
     return validate.integer("num_classes", num_classes, low=1, high=100_000)
+
+
+_in_shape, _num_classes = check_in_shape, check_num_classes    # old private names, until their users move
 
 
 def _check_params(what: str, n: int) -> None:
@@ -155,7 +160,7 @@ def mlp(hidden: Sequence[int] = (300, 100), in_shape=(1, 28, 28), num_classes: i
         activation: str = "relu", dropout: float = 0.0) -> nn.Sequential:
     """Flatten -> [Linear -> act (-> dropout)] per hidden width -> Linear."""
     hidden = _positive_ints("hidden widths", hidden)
-    in_shape, num_classes = _in_shape(in_shape, image=False), _num_classes(num_classes)
+    in_shape, num_classes = check_in_shape(in_shape, image=False), check_num_classes(num_classes)
     validate.choice("activation", activation, ACTIVATIONS)
     dropout = validate.number("dropout", dropout, low=0, high=1, high_open=True)
     sizes = [math.prod(in_shape), *hidden, num_classes]
@@ -179,7 +184,7 @@ def convnet(channels: Sequence[int] = (32, 64), kernel_sizes: Sequence[int] | in
     """[Conv(k, 'same') -> (BN) -> act (-> MaxPool 2)] per stage -> flatten or GAP -> MLP head."""
     channels = _positive_ints("channels", channels)
     dense = _positive_ints("dense widths", dense)
-    in_shape, num_classes = _in_shape(in_shape), _num_classes(num_classes)
+    in_shape, num_classes = check_in_shape(in_shape), check_num_classes(num_classes)
     validate.choice("activation", activation, ACTIVATIONS)
     batchnorm, global_pool = _flag("batchnorm", batchnorm), _flag("global_pool", global_pool)
     ks = [kernel_sizes] * len(channels) if isinstance(kernel_sizes, int) and not isinstance(kernel_sizes, bool) \
@@ -237,7 +242,7 @@ def lenet5(channels: Sequence[int] = (20, 50), hidden: int = 500, in_shape=(1, 2
         raise ValueError(f"channels must be two conv widths (c1, c2), got {channels}")
     c1, c2 = channels
     hidden = validate.integer("hidden", hidden, low=1, high=MAX_WIDTH)
-    in_shape, num_classes = _in_shape(in_shape), _num_classes(num_classes)
+    in_shape, num_classes = check_in_shape(in_shape), check_num_classes(num_classes)
     features = nn.Sequential(
         nn.Conv2d(in_shape[0], c1, 5), nn.ReLU(), nn.MaxPool2d(2),   # (B, c1, 12, 12) on MNIST
         nn.Conv2d(c1, c2, 5), nn.ReLU(), nn.MaxPool2d(2),            # (B, c2, 4, 4)
@@ -304,7 +309,7 @@ def cifar_resnet(blocks: Sequence[int] = (1, 1, 1), width: int = 16, in_shape=(3
     if len(blocks) > 8:
         raise ValueError(f"blocks per stage must list at most 8 stages, got {len(blocks)}")
     width = validate.integer("width", width, low=1, high=MAX_WIDTH // 2 ** max(len(blocks) - 1, 0))
-    in_shape, num_classes = _in_shape(in_shape), _num_classes(num_classes)
+    in_shape, num_classes = check_in_shape(in_shape), check_num_classes(num_classes)
     _check_params(f"cifar_resnet(blocks={blocks}, width={width})",
                   sum(n * 18 * (width * 2 ** i) ** 2 for i, n in enumerate(blocks)))
     return ResNet(blocks=blocks, width=width, in_shape=in_shape, num_classes=num_classes)
@@ -350,7 +355,7 @@ def cifar_net(widths: Sequence[int] = (32, 64, 128), in_shape=(3, 32, 32), num_c
     The first conv's weight is frozen: `whiten_init(model, images)` sets it from the data (the recipe does).
     """
     widths = _positive_ints("widths", widths)
-    in_shape, num_classes = _in_shape(in_shape), _num_classes(num_classes)
+    in_shape, num_classes = check_in_shape(in_shape), check_num_classes(num_classes)
     logit_scale = validate.number("logit_scale", logit_scale, low=0, low_open=True)
     _check_params(f"cifar_net(widths={widths})",
                   sum(9 * a * b + 9 * b * b for a, b in zip([8 * in_shape[0], *widths], widths)))

@@ -153,7 +153,8 @@ MAX_STEP_SIZE = 1e6     # the largest lr / weight decay accepted: beyond it trai
 _NESTEROV = ("nesterov", "nesterov_split")
 
 
-def _warmup_cosine(t: float, warmup: float = 0.1) -> float:
+def warmup_cosine(t: float, warmup: float = 0.1) -> float:
+    """The lr multiplier at progress t in [0, 1): linear from 0 to 1 over `warmup`, then cosine to 0."""
     return t / warmup if t < warmup else 0.5 * (1 + math.cos(math.pi * (t - warmup) / (1 - warmup)))
 
 
@@ -163,7 +164,7 @@ SCHEDULES: dict[str, Callable[[float], float]] = {
     "step": lambda t: 0.1 ** int(t * 3),                       # x0.1 at 1/3 and 2/3 of training
     "exponential": lambda t: 0.01 ** t,                        # decays to 1% by the end
     "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t)),
-    "warmup_cosine": _warmup_cosine,                           # linear warm-up for 10%, then cosine
+    "warmup_cosine": warmup_cosine,                           # linear warm-up for 10%, then cosine
     "onecycle": lambda t: (0.04 + 0.96 * t / 0.3) if t < 0.3   # up to the peak, then cosine down
     else 0.5 * (1 + math.cos(math.pi * (t - 0.3) / 0.7)),
     "triangle": lambda t: (0.2 + 0.8 * t / 0.23) if t < 0.23   # 0.2 -> 1 by 23%, then linearly to 0.07
@@ -626,7 +627,7 @@ def predict(model: nn.Module, data: TensorData, *, batch_size: int = 1024, tta: 
     check_data(data)
     batch_size = validate.integer("batch_size", batch_size, low=1)
     views = _lookup(TTA, tta, "tta")
-    device = pick_device(device) if device is not None else _model_device(model)
+    device = pick_device(device) if device is not None else model_device(model)
     channels_last = use_channels_last(model, device)
     model.eval()
     x = data.x
@@ -646,7 +647,8 @@ def evaluate(model: nn.Module, data: TensorData, *, batch_size: int = 1024, tta:
             "errors": wrong, "n": len(y)}
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (the CPU for a model without parameters)."""
     p = next(iter(model.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
 
@@ -804,3 +806,6 @@ def _checkpoint_accuracy(model: nn.Module, meta: dict, data: TensorData, tta: st
         save_model(model, meta["path"], {**kept, "evals": evals})
     meta["evals"] = evals
     return evals[key]
+
+
+_warmup_cosine, _model_device = warmup_cosine, model_device    # old private names, until their users move

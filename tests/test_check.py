@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from mokit import check, distill, ensemble, nas, prune
 from mokit import quantize as Q
-from mokit.train import _warmup_cosine
+from mokit.train import warmup_cosine
 
 
 @pytest.fixture(autouse=True)
@@ -117,7 +117,7 @@ def _widen(config, name, options):
 
 
 RIGHT_AND_WRONG = {
-    "warmup_cosine": (_warmup_cosine, lambda t, w: 0.5 * (1 + math.cos(math.pi * t))),
+    "warmup_cosine": (warmup_cosine, lambda t, w: 0.5 * (1 + math.cos(math.pi * t))),
     "momentum_step": (_momentum, lambda w, g, v, lr, mu: (w - lr * g, g)),
     "global_magnitude_masks": (_global, lambda ws, s: [prune.magnitude_mask(w.abs(), s) for w in ws]),
     "agp_sparsity": (lambda t, s: prune.agp_sparsity(t, s), lambda t, s: s * t ** 3),
