@@ -9,6 +9,9 @@ or exactly what is wrong: which case, expected against got, and a hint. A functi
 raises NotImplementedError (the student copy's stub) prints "not done yet" and the hint. Nothing
 the learner's code raises escapes a checker, so a notebook always runs on.
 
+Hints come in tiers: the first time an exercise is not passed the checker gives the idea, the
+second time the API to use, and only from the third time on the code.
+
 A checker returns a `CheckResult` that is truthy only when every case passed; `passed()` counts
 the exercises whose latest check passed in this Python session (what a notebook records).
 """
@@ -24,6 +27,21 @@ import torch
 import torch.nn.functional as F
 
 _LATEST: dict[str, bool] = {}      # exercise name -> did its latest check pass (this session)
+_ASKED: dict[str, int] = {}        # exercise name -> hints shown so far (this session)
+TIERS = ("the idea", "the API", "the code")
+
+
+@dataclass(frozen=True)
+class Hints:
+    """What a checker says when an exercise is not passed yet, one tier more each time it is asked."""
+    idea: str                                   # what the function must do, in words
+    api: str                                    # the functions / operations that do it
+    code: str                                   # the solution, nearly written out
+
+    def tier(self, asked: int) -> tuple[int, str]:
+        """(tier number 1..3, its text) for the `asked`-th time a hint is shown (1-based)."""
+        n = min(max(asked, 1), len(TIERS))
+        return n, (self.idea, self.api, self.code)[n - 1]
 
 
 @dataclass(frozen=True)
@@ -57,8 +75,19 @@ def passed() -> int:
 
 
 def reset() -> None:
-    """Forget every check (tests use this)."""
+    """Forget every check and every hint shown (tests use this)."""
     _LATEST.clear()
+    _ASKED.clear()
+
+
+def _hint(exercise: str, hint: str | Hints) -> str:
+    """The hint to show now: a plain string as it is, or the next tier of Hints."""
+    if isinstance(hint, str):
+        return hint
+    _ASKED[exercise] = _ASKED.get(exercise, 0) + 1
+    n, text = hint.tier(_ASKED[exercise])
+    more = f"; check again for {TIERS[n]}" if n < len(TIERS) else ""
+    return f"{text}\n  (hint {n} of {len(TIERS)}: {TIERS[n - 1]}{more})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,7 +184,7 @@ def _run_case(fn: Callable, case: Case):
         f"it changed its argument {changed + 1} in place; leave the inputs alone and return a new value")
 
 
-def run_checks(exercise: str, fn: Callable, cases: Sequence[Case], hint: str) -> CheckResult:
+def run_checks(exercise: str, fn: Callable, cases: Sequence[Case], hint: str | Hints) -> CheckResult:
     """Run `fn` on every case, stop at the first that fails, print a pass or what went wrong."""
     if not callable(fn):
         message = f"✗ {exercise}: expected your function, got {_short(fn)}\n  hint: pass the function itself, not its result"
@@ -165,12 +194,13 @@ def run_checks(exercise: str, fn: Callable, cases: Sequence[Case], hint: str) ->
             got, problem = _run_case(fn, case)
             problem = problem or _diff(got, case.expected, case.atol)
         except NotImplementedError:
-            return _finish(exercise, False, len(cases), f"… {exercise}: not done yet (it raises NotImplementedError).\n  hint: {hint}")
+            return _finish(exercise, False, len(cases),
+                           f"… {exercise}: not done yet (it raises NotImplementedError).\n  hint: {_hint(exercise, hint)}")
         except Exception as e:                   # the learner's bug, reported; never crashes the notebook
             problem = f"it raised {type(e).__name__}: {e}"
         if problem:
             message = (f"✗ {exercise}: case {n} of {len(cases)} ({case.label}) is wrong\n"
-                       f"  {problem}\n  hint: {hint}")
+                       f"  {problem}\n  hint: {_hint(exercise, hint)}")
             return _finish(exercise, False, len(cases), message)
     return _finish(exercise, True, len(cases), f"✓ {exercise}: {len(cases)} cases passed")
 
@@ -200,8 +230,10 @@ def warmup_cosine(fn: Callable[[float, float], float]) -> CheckResult:
              Case("t=0.1, warmup=0.2: another warm-up length", (0.1, 0.2), 0.5)]
     cases += [Case(f"t={t}, warmup=0.25 against mokit.train", (t, 0.25), warmup_cosine(t, 0.25))
               for t in (0.13, 0.4, 0.87)]
-    return run_checks("warmup_cosine", fn, cases,
-                      "f(t) = t / warmup while t < warmup, then 0.5 * (1 + cos(pi * (t - warmup) / (1 - warmup)))")
+    return run_checks("warmup_cosine", fn, cases, Hints(
+        'rise in a straight line from 0 to 1 while t < warmup, then follow half a cosine wave from 1 down to 0 over the rest of training',
+        'math.cos and math.pi; rescale the time after the warm-up to u = (t - warmup) / (1 - warmup), which runs from 0 to 1',
+        "f(t) = t / warmup while t < warmup, then 0.5 * (1 + cos(pi * (t - warmup) / (1 - warmup)))"))
 
 
 def _torch_momentum(w0: torch.Tensor, lr: float, momentum: float, steps: int) -> torch.Tensor:
@@ -232,8 +264,10 @@ def momentum_step(fn: Callable) -> CheckResult:
              Case("momentum 0 is plain SGD", (t([1.0]), t([2.0]), t([5.0]), 0.5, 0.0), [t([0.0]), t([2.0])]),
              Case("3 steps on sum(w^2) against torch.optim.SGD(momentum=0.9)",
                   call=lambda fn: _our_momentum(fn, w0, 0.05, 0.9, 3), expected=_torch_momentum(w0, 0.05, 0.9, 3))]
-    return run_checks("momentum_step", fn, cases,
-                      "v = momentum * v + g, then w = w - lr * v; return (w, v), both new tensors")
+    return run_checks("momentum_step", fn, cases, Hints(
+        'the velocity remembers past gradients: decay it by momentum, add the new gradient, then step the weights along the velocity',
+        'plain tensor arithmetic (*, +, -) that makes new tensors; no in-place updates (-=, .add_), since the inputs must stay as they are',
+        "v = momentum * v + g, then w = w - lr * v; return (w, v), both new tensors"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,9 +293,11 @@ def global_magnitude_masks(fn: Callable) -> CheckResult:
              Case("a 2-D layer keeps its shape", ([t([[0.4, -0.1], [0.2, 0.9]])], 0.5), [t([[1.0, 0], [0, 1]])]),
              Case("three random layers at sparsity 0.8 against mokit.prune.magnitude_mask", (rand, 0.8),
                   _global_reference(rand, 0.8))]
-    return run_checks("global_magnitude_masks", fn, cases,
-                      "k = round(sparsity * total number of weights); the threshold is the k-th smallest |w| over "
-                      "all layers together (torch.cat the flattened |w|, then kthvalue); mask = (|w| > threshold)")
+    return run_checks("global_magnitude_masks", fn, cases, Hints(
+        'one threshold for the whole network: the weights whose |w| is among the smallest `sparsity` fraction of all weights are zeroed, whichever layer they are in',
+        "torch.cat of every layer's w.abs().flatten() gives all magnitudes; torch.kthvalue(all, k).values is the k-th smallest",
+        "k = round(sparsity * total number of weights); the threshold is the k-th smallest |w| over "
+                      "all layers together (torch.cat the flattened |w|, then kthvalue); mask = (|w| > threshold)"))
 
 
 def agp_sparsity(fn: Callable[[float, float], float]) -> CheckResult:
@@ -274,8 +310,10 @@ def agp_sparsity(fn: Callable[[float, float], float]) -> CheckResult:
              Case("t before the start stays at 0", (-0.2, 0.9), 0.0)]
     cases += [Case(f"t={t}, final 0.8 against mokit.prune.agp_sparsity", (t, 0.8), reference(t, 0.8))
               for t in (0.1, 0.33, 0.9)]
-    return run_checks("agp_sparsity", fn, cases,
-                      "clip t into [0, 1] (min/max), then s = sparsity * (1 - (1 - t) ** 3): fast at first, slow at the end")
+    return run_checks("agp_sparsity", fn, cases, Hints(
+        'the sparsity grows fast at first and slowly at the end (a cubic in t), reaching the target at t = 1 and staying there',
+        'min(max(t, 0.0), 1.0) clips t; the cubic ramp is 1 - (1 - t) ** 3',
+        "clip t into [0, 1] (min/max), then s = sparsity * (1 - (1 - t) ** 3): fast at first, slow at the end"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,9 +345,11 @@ def channels_to_keep(fn: Callable) -> CheckResult:
              Case("3 conv filters (L1 4, 8, 2), sparsity 1/3", (conv, 1 / 3), t([0, 1])),
              Case("random conv layer, sparsity 0.5, against mokit.prune.select_channels", (rand, 0.5),
                   _keep_reference(rand, 0.5))]
-    return run_checks("channels_to_keep", fn, cases,
-                      "scores = weight.abs().flatten(1).sum(1); n_keep = max(1, round((1 - sparsity) * n)); "
-                      "torch.topk(scores, n_keep).indices, then .sort() so the kept order is the original one")
+    return run_checks("channels_to_keep", fn, cases, Hints(
+        'score each output channel by the size of its weights and keep the highest-scoring ones, listed in their original order',
+        'weight.abs().flatten(1).sum(1) gives one L1 score per output channel; torch.topk picks the largest, .sort() restores the order',
+        "scores = weight.abs().flatten(1).sum(1); n_keep = max(1, round((1 - sparsity) * n)); "
+                      "torch.topk(scores, n_keep).indices, then .sort() so the kept order is the original one"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,9 +368,11 @@ def per_channel_qparams(fn: Callable) -> CheckResult:
              Case("3 bits", (t([[-0.7, 0.0], [0.0, 1.4]]), 3), [t([0.1, 0.2]), t([7, 0])]),
              Case("random (6, 20) at 8 bits against mokit.quantize.compute_qparams", (rand, 8),
                   list(compute_qparams(*minmax_range(rand, axis=0), 8)))]
-    return run_checks("per_channel_qparams", fn, cases,
-                      "lo = w.amin(1).clamp(max=0), hi = w.amax(1).clamp(min=0) (one per row); "
-                      "scale = (hi - lo) / (2 ** num_bits - 1); zero_point = torch.round(-lo / scale)")
+    return run_checks("per_channel_qparams", fn, cases, Hints(
+        'each row gets its own range [lo, hi] that always contains 0, spread over the 2 ** num_bits integer levels; the zero point is the level that stands for 0.0',
+        "w.amin(1) / w.amax(1) give each row's extremes; .clamp(max=0) / .clamp(min=0) make the range contain 0; torch.round for the zero point",
+        "lo = w.amin(1).clamp(max=0), hi = w.amax(1).clamp(min=0) (one per row); "
+                      "scale = (hi - lo) / (2 ** num_bits - 1); zero_point = torch.round(-lo / scale)"))
 
 
 def fake_quantize(fn: Callable) -> CheckResult:
@@ -347,9 +389,11 @@ def fake_quantize(fn: Callable) -> CheckResult:
                   t([[0.0, 1.0, 2.0]])),
              Case("random (5, 16) at 4 bits against mokit.quantize", (rand, s, z, 4),
                   dequantize(quantize(rand, s, z, 4, axis=0), s, z, axis=0))]
-    return run_checks("fake_quantize", fn, cases,
-                      "reshape the per-row scale and zero-point to (C, 1) (scale[:, None]) so they broadcast; "
-                      "q = (torch.round(w / s) + z).clamp(0, 2 ** num_bits - 1); return s * (q - z)")
+    return run_checks("fake_quantize", fn, cases, Hints(
+        "map each weight to the nearest level of its row's integer grid, clip it to the grid, and map it back to a float: the error is what int storage would cost",
+        'scale[:, None] and zero_point[:, None] broadcast one value per row; torch.round, then .clamp(0, 2 ** num_bits - 1)',
+        "reshape the per-row scale and zero-point to (C, 1) (scale[:, None]) so they broadcast; "
+                      "q = (torch.round(w / s) + z).clamp(0, 2 ** num_bits - 1); return s * (q - z)"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +412,10 @@ def soft_targets(fn: Callable) -> CheckResult:
              Case("2 rows: softmax along the classes (dim 1)", (t([[0.0, 0.0], [2 * ln2, 0.0]]), 1.0),
                   t([[0.5, 0.5], [0.8, 0.2]])),
              Case("random (4, 10) at T=4 against mokit.distill.soft_targets", (rand, 4.0), reference(rand, 4.0))]
-    return run_checks("soft_targets", fn, cases, "torch.softmax(logits / temperature, dim=1): one distribution per row")
+    return run_checks("soft_targets", fn, cases, Hints(
+        'divide the logits by the temperature before the softmax: a higher temperature gives a flatter distribution',
+        'torch.softmax(x, dim=1) normalises each row into a distribution',
+        "torch.softmax(logits / temperature, dim=1): one distribution per row"))
 
 
 def _kd_reference(z, v, y, temperature, alpha) -> float:
@@ -392,9 +439,11 @@ def kd_loss(fn: Callable) -> CheckResult:
                   _kd_reference(t([[2.0, 1.0, 0.1]]), t([[3.0, 2.5, -1.0]]), t([0]), 4.0, 0.9)),
              Case("a batch of 6 (mean over examples), T=2, alpha=0.7, against mokit.distill.kd_loss",
                   (z, v, y, 2.0, 0.7), float(reference(z, v, y, temperature=2.0, alpha=0.7)))]
-    return run_checks("kd_loss", fn, cases,
-                      "p = softmax(v / T), log q = log_softmax(z / T); KL = sum p * (log p - log q) per row, "
-                      "mean over the batch; loss = alpha * T * T * KL + (1 - alpha) * F.cross_entropy(z, y)")
+    return run_checks("kd_loss", fn, cases, Hints(
+        "mix two losses: the KL divergence from the teacher's softened distribution to the student's (scaled by T squared, so its gradients keep their size), and the usual cross-entropy on the labels, weighted by alpha and 1 - alpha",
+        'F.softmax / F.log_softmax with dim=1 on logits / T; sum p * (log p - log q) over the classes and average over the batch; F.cross_entropy(z, y) for the hard loss',
+        "p = softmax(v / T), log q = log_softmax(z / T); KL = sum p * (log p - log q) per row, "
+                      "mean over the batch; loss = alpha * T * T * KL + (1 - alpha) * F.cross_entropy(z, y)"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,9 +462,11 @@ def average_probs(fn: Callable) -> CheckResult:
              Case("weights (0.25, 0.75)", (two, t([0.25, 0.75])), t([[0.6875, 0.3125]])),
              Case("3 members, 4 examples, 5 classes, against mokit.ensemble.average_probs", (rand, w),
                   reference(rand, w).exp())]
-    return run_checks("average_probs", fn, cases,
-                      "softmax over the classes (dim 2), multiply member m by weights[m] "
-                      "(weights.view(-1, 1, 1)), sum over the members (dim 0)")
+    return run_checks("average_probs", fn, cases, Hints(
+        "turn each member's logits into class probabilities, weight each member, and add them up",
+        'torch.softmax(logits, dim=2) for logits of shape (members, N, K); weights.view(-1, 1, 1) broadcasts over N and K; .sum(0) over the members',
+        "softmax over the classes (dim 2), multiply member m by weights[m] "
+                      "(weights.view(-1, 1, 1)), sum over the members (dim 0)"))
 
 
 def majority_vote(fn: Callable) -> CheckResult:
@@ -429,9 +480,11 @@ def majority_vote(fn: Callable) -> CheckResult:
              Case("a 1-1 tie: the confident member wins", (t([[[4.0, 0, 0]], [[0, 1.0, 0.9]]]),), t([0])),
              Case("a 1-1 tie the other way", (t([[[1.0, 0, 0]], [[0, 5.0, 0]]]),), t([1])),
              Case("5 members, 8 examples, against mokit.ensemble.vote", (rand,), vote(rand))]
-    return run_checks("majority_vote", fn, cases,
-                      "votes = F.one_hot(logits.argmax(2), K).sum(0) (N, K); add softmax(logits, 2).mean(0) / 2 "
-                      "(less than one vote, so it only breaks ties) and take argmax(1)")
+    return run_checks("majority_vote", fn, cases, Hints(
+        'each member votes for its top class; the class with the most votes wins, and a tie goes to the class the members are most confident about on average',
+        "logits.argmax(2) is each member's vote; F.one_hot(votes, K).sum(0) counts them per class; a small tie-breaker must stay below one vote",
+        "votes = F.one_hot(logits.argmax(2), K).sum(0) (N, K); add softmax(logits, 2).mean(0) / 2 "
+                      "(less than one vote, so it only breaks ties) and take argmax(1)"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,9 +504,11 @@ def keep_top(fn: Callable) -> CheckResult:
              Case("2 configs, eta 3: always keep at least one", (configs[:2], scores[:2], 3), ["b"]),
              Case("a tie: the earlier config first", (["x", "y", "z"], [5, 5, 1], 3), ["x"]),
              Case("27 random scores, eta 3", (names, random_scores, 3), best)]
-    return run_checks("keep_top", fn, cases,
-                      "n_keep = max(1, len(configs) // eta); sort the indices by score, highest first "
-                      "(sorted is stable: ties keep their order); return [configs[i] for the first n_keep]")
+    return run_checks("keep_top", fn, cases, Hints(
+        'successive halving keeps the best 1/eta of the configs (at least one) for the next rung, best first',
+        'len(configs) // eta, at least 1; sorted(range(n), key=...) is stable, so configs with equal scores keep their order',
+        "n_keep = max(1, len(configs) // eta); sort the indices by score, highest first "
+                      "(sorted is stable: ties keep their order); return [configs[i] for the first n_keep]"))
 
 
 def widen(fn: Callable) -> CheckResult:
@@ -466,9 +521,11 @@ def widen(fn: Callable) -> CheckResult:
              Case("already the widest: None", ({**arch, "c1": 32}, "c1", widths), None),
              Case("unsorted options: the next larger value, not the next position",
                   ({"d0": 32}, "d0", (64, 16, 128, 32)), {"d0": 64})]
-    return run_checks("widen", fn, cases,
-                      "larger = [o for o in options if o > config[name]]; None if there is none, "
-                      "else {**config, name: min(larger)} (a new dict: do not change config)")
+    return run_checks("widen", fn, cases, Hints(
+        'move the named decision to the next larger option, if there is one, in a new config (the old one unchanged)',
+        'min() of the options larger than the current value; {**config, name: value} builds a new dict',
+        "larger = [o for o in options if o > config[name]]; None if there is none, "
+                      "else {**config, name: min(larger)} (a new dict: do not change config)"))
 
 
 def _point(acc: float, params: int) -> dict:
@@ -492,6 +549,8 @@ def dominates(fn: Callable) -> CheckResult:
              Case("64 pairs of points on 3 objectives against mokit.nas.dominates",
                   call=lambda fn: [bool(fn(a, b, three)) for a, b in pairs],
                   expected=[reference(a, b, three) for a, b in pairs])]
-    return run_checks("dominates", fn, cases,
-                      "flip the sign of minimized objectives; a dominates b when a >= b on every objective "
-                      "(all(...)) and a > b on at least one (any(...))")
+    return run_checks("dominates", fn, cases, Hints(
+        'a dominates b when it is at least as good on every objective and strictly better on at least one',
+        'negate the minimised objectives so that larger is always better; all(...) and any(...) over the pairs of values',
+        "flip the sign of minimized objectives; a dominates b when a >= b on every objective "
+                      "(all(...)) and a > b on at least one (any(...))"))

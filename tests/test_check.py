@@ -150,5 +150,37 @@ def test_each_checker_accepts_a_right_answer_and_explains_a_wrong_one(name, caps
 
 def test_every_checker_is_in_the_table():
     checkers = {n for n, f in vars(check).items() if callable(f) and getattr(f, "__module__", "") == "mokit.check"
-                and not n.startswith("_") and n not in {"Case", "CheckResult", "passed", "reset", "run_checks"}}
+                and not n.startswith("_") and n not in {"Case", "CheckResult", "Hints", "passed", "reset", "run_checks"}}
     assert checkers == set(RIGHT_AND_WRONG)
+
+
+def test_hints_come_in_tiers_idea_then_api_then_code(capsys):
+    hints = check.Hints("square it", "use *", "return x * x")
+    said = []
+    for _ in range(4):
+        check.run_checks("square", lambda x: x + 1, cases(), hints)
+        said.append(capsys.readouterr().out)
+    assert "hint: square it" in said[0] and "(hint 1 of 3: the idea; check again for the API)" in said[0]
+    assert "hint: use *" in said[1] and "(hint 2 of 3: the API; check again for the code)" in said[1]
+    assert "hint: return x * x" in said[2] and "(hint 3 of 3: the code)" in said[2]
+    assert "hint: return x * x" in said[3]                          # the code stays from then on
+    assert "return x * x" not in said[0] + said[1]
+    check.reset()
+    check.run_checks("square", lambda x: x + 1, cases(), hints)
+    assert "hint: square it" in capsys.readouterr().out             # a fresh session starts at the idea
+
+
+@pytest.mark.parametrize("name", sorted(RIGHT_AND_WRONG))
+def test_every_checker_gives_three_different_hints_before_the_code(name, capsys):
+    def stub(*args):
+        raise NotImplementedError("Exercise")
+    shown = []
+    for _ in range(3):
+        assert not getattr(check, name)(stub)
+        out = capsys.readouterr().out
+        assert "not done yet" in out
+        shown.append(out.split("hint: ", 1)[1].split("\n")[0])
+    assert len(set(shown)) == 3, shown
+    _, wrong = RIGHT_AND_WRONG[name]
+    getattr(check, name)(wrong)                                       # a wrong answer moves the tier on too
+    assert "(hint 3 of 3: the code)" in capsys.readouterr().out
