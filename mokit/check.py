@@ -554,3 +554,348 @@ def dominates(fn: Callable) -> CheckResult:
         'negate the minimised objectives so that larger is always better; all(...) and any(...) over the pairs of values',
         "flip the sign of minimized objectives; a dominates b when a >= b on every objective "
                       "(all(...)) and a > b on at least one (any(...))"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 00 setup: a latency measurement done right
+# ---------------------------------------------------------------------------------------------
+
+class _FakeTimer:
+    """A model call whose durations are scripted, and the clock that sees them (no real waiting)."""
+
+    def __init__(self, durations: Sequence[float]):
+        self.durations, self.now, self.calls = list(durations), 0.0, 0
+
+    def run(self) -> None:
+        self.now += self.durations[min(self.calls, len(self.durations) - 1)]
+        self.calls += 1
+
+    def clock(self) -> float:
+        return self.now
+
+
+def _timed(fn: Callable, durations: Sequence[float], warmup: int, repeats: int):
+    timer = _FakeTimer(durations)
+    value = fn(timer.run, timer.clock, warmup, repeats)
+    return [value, timer.calls]
+
+
+def timed_median(fn: Callable) -> CheckResult:
+    """fn(run, clock, warmup, repeats) -> seconds: call run() `warmup` times untimed, then `repeats`
+    times, each timed alone with clock(); return the median of those times."""
+    slow_start = [0.050, 0.020, 0.010, 0.011, 0.009, 0.012, 0.010]
+    cases = [Case("2 warm-up calls are not timed; median of 5", call=lambda f: _timed(f, slow_start, 2, 5),
+                  expected=[0.010, 7]),
+             Case("no warm-up: the slow first call counts (the median resists it)",
+                  call=lambda f: _timed(f, [0.05, 0.01, 0.01], 0, 3), expected=[0.010, 3]),
+             Case("an even number of repeats: the mean of the middle two",
+                  call=lambda f: _timed(f, [0.1, 0.001, 0.003, 0.002, 0.004], 1, 4), expected=[0.0025, 5]),
+             Case("one outlier among 5 does not move the median",
+                  call=lambda f: _timed(f, [0.01, 0.01, 0.9, 0.01, 0.01, 0.01], 1, 5), expected=[0.01, 6])]
+    return run_checks("timed_median", fn, cases, Hints(
+        "warm up first (caches, lazy initialisation and the allocator make the first calls slow), then time "
+        "each call on its own and take the middle value, which one slow call (the OS, another program) cannot move",
+        "call clock() just before and just after each timed run(); statistics.median of the list of differences",
+        "for _ in range(warmup): run(); then times = []; for _ in range(repeats): t0 = clock(); run(); "
+        "times.append(clock() - t0); return statistics.median(times)"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 01 training strategies: the adaptive update rules
+# ---------------------------------------------------------------------------------------------
+
+def _torch_steps(opt_cls, w0: torch.Tensor, steps: int, **kw) -> torch.Tensor:
+    w = w0.clone().requires_grad_()
+    opt = opt_cls([w], **kw)
+    for _ in range(steps):
+        opt.zero_grad()
+        (w ** 2).sum().backward()
+        opt.step()
+    return w.detach()
+
+
+def _our_steps(fn: Callable, w0: torch.Tensor, steps: int, *hyper) -> torch.Tensor:
+    w, s = w0.clone(), torch.zeros_like(w0)
+    for _ in range(steps):
+        w, s = fn(w, 2 * w, s, *hyper)            # the gradient of sum(w^2)
+    return w
+
+
+def adagrad_step(fn: Callable) -> CheckResult:
+    """fn(w, g, s, lr, eps) -> (w, s):  s <- s + g^2,  w <- w - lr * g / (sqrt(s) + eps)."""
+    t = torch.tensor
+    w0 = _randn(5, seed=11)
+    cases = [Case("first step from s = 0", (t([1.0, -2.0]), t([2.0, -4.0]), t([0.0, 0.0]), 0.1, 1e-10),
+                  [t([0.9, -1.9]), t([4.0, 16.0])]),
+             Case("s keeps growing: steps shrink", (t([0.9]), t([2.0]), t([4.0]), 0.1, 1e-10),
+                  [t([0.9 - 0.2 / math.sqrt(8.0)]), t([8.0])]),
+             Case("5 steps on sum(w^2) against torch.optim.Adagrad",
+                  call=lambda f: _our_steps(f, w0, 5, 0.3, 1e-10),
+                  expected=_torch_steps(torch.optim.Adagrad, w0, 5, lr=0.3, eps=1e-10))]
+    return run_checks("adagrad_step", fn, cases, Hints(
+        "each weight gets its own step size: divide the step by the root of the sum of all its squared "
+        "gradients so far, so weights with large gradients slow down for good",
+        "tensor arithmetic and torch.sqrt; s is the running sum (not an average) of g * g",
+        "s = s + g * g; w = w - lr * g / (torch.sqrt(s) + eps); return (w, s)"))
+
+
+def rmsprop_step(fn: Callable) -> CheckResult:
+    """fn(w, g, s, lr, alpha, eps) -> (w, s):  s <- alpha s + (1 - alpha) g^2,  w <- w - lr g / (sqrt(s) + eps)."""
+    t = torch.tensor
+    w0 = _randn(5, seed=12)
+    cases = [Case("first step from s = 0", (t([1.0]), t([2.0]), t([0.0]), 0.01, 0.99, 1e-8),
+                  [t([1.0 - 0.01 * 2.0 / (math.sqrt(0.04) + 1e-8)]), t([0.04])]),
+             Case("alpha 0: s is the last g^2 only", (t([1.0, 1.0]), t([3.0, -1.0]), t([9.0, 9.0]), 0.1, 0.0, 1e-8),
+                  [t([0.9, 1.1]), t([9.0, 1.0])]),
+             Case("5 steps on sum(w^2) against torch.optim.RMSprop",
+                  call=lambda f: _our_steps(f, w0, 5, 0.01, 0.9, 1e-8),
+                  expected=_torch_steps(torch.optim.RMSprop, w0, 5, lr=0.01, alpha=0.9, eps=1e-8))]
+    return run_checks("rmsprop_step", fn, cases, Hints(
+        "like AdaGrad, but the squared gradients are an exponential moving average, so old gradients are "
+        "forgotten and the step size can grow again",
+        "s is alpha * s + (1 - alpha) * g * g; torch.sqrt for the root; eps keeps the division finite",
+        "s = alpha * s + (1 - alpha) * g * g; w = w - lr * g / (torch.sqrt(s) + eps); return (w, s)"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 02 pruning: an open task, sparsities chosen from the sensitivity scan
+# ---------------------------------------------------------------------------------------------
+
+def _overall(sparsities: dict, sizes: dict) -> float:
+    return sum(sparsities[k] * sizes[k] for k in sizes) / sum(sizes.values())
+
+
+def _allocation_verdict(fn: Callable, scan: dict, sizes: dict, max_drop: float) -> dict:
+    chosen = fn(copy.deepcopy(scan), dict(sizes), max_drop)
+    if not isinstance(chosen, dict) or set(chosen) != set(scan):
+        return {"one sparsity per layer of the scan": False}
+    levels_ok = all(chosen[k] in scan[k] for k in scan)
+    drop = sum(scan[k][chosen[k]] for k in scan) if levels_ok else math.inf
+    uniform = max((s for s in scan[next(iter(scan))] if sum(scan[k].get(s, math.inf) for k in scan) <= max_drop),
+                  default=0.0)
+    return {"one sparsity per layer of the scan": True, "every sparsity is a scanned level": levels_ok,
+            f"summed drop within {max_drop} points": drop <= max_drop + 1e-9,
+            "at least the best uniform sparsity overall": levels_ok and _overall(chosen, sizes) >= uniform - 1e-9}
+
+
+def allocate_sparsity(fn: Callable) -> CheckResult:
+    """fn(scan, sizes, max_drop) -> {layer: sparsity}: scan[layer][sparsity] = accuracy points lost when
+    only that layer is pruned; sizes[layer] = its weights. Choose scanned levels whose drops add up to
+    at most max_drop, keeping as much sparsity overall as you can (an open task: any answer that
+    beats the best uniform choice passes)."""
+    levels = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95)
+    scan = {"fc1": dict(zip(levels, (0.0, 0.0, 0.05, 0.1, 0.3, 0.9))),
+            "fc2": dict(zip(levels, (0.0, 0.05, 0.2, 0.4, 1.0, 2.5))),
+            "fc3": dict(zip(levels, (0.0, 0.3, 0.8, 1.5, 3.0, 6.0)))}
+    sizes = {"fc1": 235_200, "fc2": 30_000, "fc3": 1_000}
+    expected = lambda budget: {k: True for k in _allocation_verdict(lambda *a: {name: 0.0 for name in scan}, scan, sizes, budget)}  # noqa: E731
+    cases = [Case(f"LeNet-300-100-like scan, {b} points", call=lambda f, b=b: _allocation_verdict(f, scan, sizes, b),
+                  expected=expected(b)) for b in (0.5, 1.0, 0.05)]
+    return run_checks("allocate_sparsity", fn, cases, Hints(
+        "prune hard where the scan says a layer barely notices, gently where it hurts, and spend the budget "
+        "where the weights are (a big layer's sparsity counts for more)",
+        "start every layer at 0.0 and raise one layer at a time to its next scanned level, choosing the step "
+        "with the most weights removed per point lost, while the summed drop stays within max_drop",
+        "chosen = {k: 0.0 for k in scan}; loop: candidates = next levels whose new summed drop <= max_drop; "
+        "pick the one maximising sizes[k] * (new - old) / (drop increase + 1e-9); stop when none is left"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 04 quantization: straight-through rounding, BatchNorm folding, the zero-point term
+# ---------------------------------------------------------------------------------------------
+
+def _ste_probe(fn: Callable, w: torch.Tensor, scale: float):
+    w = w.clone().requires_grad_()
+    out = fn(w, scale)
+    weights = torch.arange(1.0, w.numel() + 1).view_as(w)
+    (out * weights).sum().backward()
+    return [out.detach(), w.grad]
+
+
+def ste_round(fn: Callable) -> CheckResult:
+    """fn(w, scale) -> w rounded to multiples of scale in the forward pass, with the gradient of the
+    identity in the backward pass (the straight-through estimator QAT trains with)."""
+    t = torch.tensor
+    w = t([0.26, -0.74, 1.1, 0.04])
+    grad = torch.arange(1.0, 5.0)
+    cases = [Case("forward rounds, backward passes the gradient straight through", call=lambda f: _ste_probe(f, w, 0.5),
+                  expected=[t([0.5, -0.5, 1.0, 0.0]), grad]),
+             Case("another scale", call=lambda f: _ste_probe(f, w, 0.25), expected=[t([0.25, -0.75, 1.0, 0.0]), grad]),
+             Case("a 2-D tensor keeps its shape",
+                  call=lambda f: _ste_probe(f, t([[0.3, 0.6], [-0.2, 0.9]]), 1.0),
+                  expected=[t([[0.0, 1.0], [0.0, 1.0]]), torch.arange(1.0, 5.0).view(2, 2)])]
+    return run_checks("ste_round", fn, cases, Hints(
+        "rounding has a zero gradient almost everywhere, so QAT pretends it is the identity on the way back: "
+        "the value is rounded, the gradient is not",
+        "x + (r - x).detach() has the value r and the gradient of x: detach() hides what is inside from autograd",
+        "r = torch.round(w / scale) * scale; return w + (r - w).detach()"))
+
+
+def _fold_reference(w, b, mean, var, gamma, beta, eps):
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+    fw, fb = fuse_conv_bn_weights(w, b, mean, var, eps, gamma, beta)
+    return [fw.detach(), fb.detach()]
+
+
+def fold_batchnorm(fn: Callable) -> CheckResult:
+    """fn(w, b, mean, var, gamma, beta, eps) -> (w', b'): the conv weight and bias that compute
+    conv followed by BatchNorm (in eval mode) in one conv."""
+    t = torch.tensor
+    w1, b1 = t([[[[2.0]]], [[[1.0]]]]), t([1.0, 0.0])
+    args1 = (w1, b1, t([1.0, -1.0]), t([4.0, 1.0]), t([1.0, 3.0]), t([0.5, 0.0]), 0.0)
+    g = torch.Generator().manual_seed(13)
+    w2, b2 = torch.randn(4, 3, 3, 3, generator=g), torch.randn(4, generator=g)
+    args2 = (w2, b2, torch.randn(4, generator=g), torch.rand(4, generator=g) + 0.5,
+             torch.randn(4, generator=g), torch.randn(4, generator=g), 0.1)
+    cases = [Case("1x1 convs, worked by hand", args1, [t([[[[1.0]]], [[[3.0]]]]), t([0.5, 3.0])]),
+             Case("a 3x3 conv against torch.nn.utils.fusion.fuse_conv_bn_weights", args2, _fold_reference(*args2))]
+    return run_checks("fold_batchnorm", fn, cases, Hints(
+        "BatchNorm in eval mode is y = gamma (x - mean) / sqrt(var + eps) + beta, an affine map per channel: "
+        "scale each output channel's filter by its factor and move the bias",
+        "factor = gamma / torch.sqrt(var + eps), one per output channel; factor.view(-1, 1, 1, 1) broadcasts over a filter",
+        "f = gamma / torch.sqrt(var + eps); return (w * f.view(-1, 1, 1, 1), (b - mean) * f + beta)"))
+
+
+def _zp_reference(q_x: torch.Tensor, z_x: int, q_w: torch.Tensor) -> torch.Tensor:
+    return ((q_x.long() - z_x) @ q_w.long().T)
+
+
+def zero_point_matmul(fn: Callable) -> CheckResult:
+    """fn(q_x, z_x, q_w) -> the int accumulator (q_x - z_x) @ q_w.T of an int8 linear layer with
+    unsigned activations (zero point z_x) and symmetric weights, computed as q_x @ q_w.T minus the
+    zero-point term z_x * (sum of each weight row), in integers."""
+    t = torch.tensor
+    g = torch.Generator().manual_seed(14)
+    qx, qw = torch.randint(0, 256, (3, 8), generator=g, dtype=torch.uint8), torch.randint(-127, 128, (4, 8), generator=g, dtype=torch.int8)
+    small = (t([[3, 5]], dtype=torch.uint8), 2, t([[1, -1], [2, 2]], dtype=torch.int8))
+
+    def integer(f, *args):
+        out = f(*args)
+        return ["an integer tensor" if torch.is_tensor(out) and not out.is_floating_point() else "floats", out]
+
+    cases = [Case("by hand: (3-2)*1 + (5-2)*(-1), (3-2)*2 + (5-2)*2", call=lambda f: integer(f, *small),
+                  expected=["an integer tensor", t([[-2, 8]])]),
+             Case("random uint8 x int8, z_x = 128", call=lambda f: integer(f, qx, 128, qw),
+                  expected=["an integer tensor", _zp_reference(qx, 128, qw)])]
+    return run_checks("zero_point_matmul", fn, cases, Hints(
+        "(q_x - z_x) @ q_w.T = q_x @ q_w.T - z_x * (row sums of q_w): the second term depends on the weights "
+        "only, so a real kernel computes it once, ahead of time, and folds it into the bias",
+        "widen to int32/int64 first (.long()): uint8 and int8 products overflow; q_w.sum(1) gives each row's sum",
+        "x, w = q_x.long(), q_w.long(); return x @ w.T - z_x * w.sum(1)"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 07 hyperparameter search: successive halving's whole loop
+# ---------------------------------------------------------------------------------------------
+
+def _halving_reference(configs: list, objective: Callable, budgets: Sequence[int], eta: int) -> list:
+    trials = []
+    for i, b in enumerate(budgets):
+        scores = [objective(c, b) for c in configs]
+        trials += [(c, b, s) for c, s in zip(configs, scores)]
+        if i < len(budgets) - 1:
+            order = sorted(range(len(configs)), key=lambda j: -scores[j])
+            configs = [configs[j] for j in order[:max(1, len(configs) // eta)]]
+    return trials
+
+
+def halving_loop(fn: Callable) -> CheckResult:
+    """fn(configs, objective, budgets, eta) -> [(config, budget, score), ...] in the order run: every
+    config at budgets[0], the best len // eta (at least 1, ties in their order) at budgets[1], ..."""
+    configs = [{"lr": x} for x in (0.3, 0.01, 0.1, 0.03, 1.0, 0.003, 0.05, 0.2, 0.001)]
+    objective = lambda c, b: -abs(math.log10(c["lr"]) + 1.3) * (1 + 1 / b)          # noqa: E731 - best near 0.05
+    flat = lambda c, b: 1.0                                                            # noqa: E731 - all tied
+    cases = [Case("9 configs, budgets 1, 3, 9, eta 3", (configs, objective, [1, 3, 9], 3),
+                  _halving_reference(configs, objective, [1, 3, 9], 3)),
+             Case("eta 2 with 5 configs: 5, 2, 1", (configs[:5], objective, [1, 2, 4], 2),
+                  _halving_reference(configs[:5], objective, [1, 2, 4], 2)),
+             Case("ties keep their order", (configs[:4], flat, [1, 2], 2), _halving_reference(configs[:4], flat, [1, 2], 2))]
+    return run_checks("halving_loop", fn, cases, Hints(
+        "train everyone cheaply, keep the best 1/eta, give the survivors the next, larger budget, and repeat "
+        "until the last budget: most compute goes to the promising configs",
+        "for i, b in enumerate(budgets): score every config at b; keep_top (your function from above, or a "
+        "stable sort on -score) picks the survivors before the next rung, not after the last",
+        "trials = []; for i, b in enumerate(budgets): s = [objective(c, b) for c in configs]; trials += "
+        "list(zip(configs, [b] * len(configs), s)); if i < len(budgets) - 1: order = sorted(range(len(configs)), "
+        "key=lambda j: -s[j]); configs = [configs[j] for j in order[:max(1, len(configs) // eta)]]; return trials"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 09 scaling out: the pipeline bubble, an all-reduce by hand
+# ---------------------------------------------------------------------------------------------
+
+def bubble_fraction(fn: Callable[[int, int], float]) -> CheckResult:
+    """fn(stages, micro_batches) -> the idle fraction of a GPipe-style pipeline: (S - 1) / (M + S - 1)."""
+    cases = [Case("1 stage never idles", (1, 4), 0.0), Case("2 stages, 1 micro-batch: half idle", (2, 1), 0.5),
+             Case("2 stages, 4 micro-batches", (2, 4), 0.2), Case("4 stages, 8 micro-batches", (4, 8), 3 / 11),
+             Case("more micro-batches, smaller bubble", (4, 100), 3 / 103)]
+    return run_checks("bubble_fraction", fn, cases, Hints(
+        "draw the schedule: the last stage waits while the first micro-batch fills the pipeline, the first "
+        "waits while the last one drains; count the idle slots against all slots",
+        "with S stages and M micro-batches each stage is busy M of the M + S - 1 time steps",
+        "return (stages - 1) / (micro_batches + stages - 1)"))
+
+
+def all_reduce_mean(fn: Callable) -> CheckResult:
+    """fn(grads) -> new per-worker gradient lists in which every worker holds the mean over workers
+    (grads[w][p] is worker w's gradient of parameter p); the inputs are left unchanged."""
+    t = torch.tensor
+    two = [[t([1.0, 2.0]), t([[4.0]])], [t([3.0, 6.0]), t([[0.0]])]]
+    mean2 = [t([2.0, 4.0]), t([[2.0]])]
+    g = torch.Generator().manual_seed(15)
+    three = [[torch.randn(3, 2, generator=g), torch.randn(5, generator=g)] for _ in range(3)]
+    mean3 = [torch.stack([w[p] for w in three]).mean(0) for p in range(2)]
+    cases = [Case("2 workers, 2 parameters", (two,), [mean2, mean2]),
+             Case("3 workers: every one gets the same mean", (three,), [mean3] * 3),
+             Case("1 worker: its own gradients", ([[t([5.0])]],), [[t([5.0])]])]
+    return run_checks("all_reduce_mean", fn, cases, Hints(
+        "after an all-reduce every worker holds the same average gradient, so every replica takes the same "
+        "step and the models stay identical",
+        "for each parameter index p, torch.stack([worker[p] for worker in grads]).mean(0); give each worker its own copy",
+        "mean = [torch.stack([w[p] for w in grads]).mean(0) for p in range(len(grads[0]))]; "
+        "return [[m.clone() for m in mean] for _ in grads]"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 10 deployment: a request validator
+# ---------------------------------------------------------------------------------------------
+
+def _verdict(fn: Callable, body, in_shape):
+    try:
+        out = fn(copy.deepcopy(body), in_shape)
+    except NotImplementedError:
+        raise                                   # the stub: "not done yet"
+    except ValueError as e:
+        return ["ValueError", bool(str(e))]
+    except Exception as e:  # noqa: BLE001 - the wrong kind of error is a wrong answer
+        return [type(e).__name__, bool(str(e))]
+    return ["tensor", out] if torch.is_tensor(out) else [type(out).__name__, out]
+
+
+def validate_request(fn: Callable) -> CheckResult:
+    """fn(body, in_shape) -> a float32 tensor (N, *in_shape) from body = {"inputs": nested lists}, or a
+    ValueError with a message for anything else (no key, not a list, wrong shape, NaN / inf, empty)."""
+    shape = (1, 2, 2)
+    good = {"inputs": [[[[0.5, 1.0], [0.0, -1.0]]]]}
+    nan = {"inputs": [[[[float("nan"), 1.0], [0.0, -1.0]]]]}
+    cases = [Case("a valid batch of 1", call=lambda f: _verdict(f, good, shape),
+                  expected=["tensor", t4 := torch.tensor(good["inputs"], dtype=torch.float32)]),
+             Case("two images", call=lambda f: _verdict(f, {"inputs": good["inputs"] * 2}, shape),
+                  expected=["tensor", torch.cat([t4, t4])]),
+             Case("no 'inputs' key", call=lambda f: _verdict(f, {"x": good["inputs"]}, shape), expected=["ValueError", True]),
+             Case("not a dict", call=lambda f: _verdict(f, [1, 2], shape), expected=["ValueError", True]),
+             Case("wrong image shape", call=lambda f: _verdict(f, {"inputs": [[[0.5, 1.0]]]}, shape),
+                  expected=["ValueError", True]),
+             Case("ragged lists", call=lambda f: _verdict(f, {"inputs": [[[[0.5], [0.0, -1.0]]]]}, shape),
+                  expected=["ValueError", True]),
+             Case("NaN", call=lambda f: _verdict(f, nan, shape), expected=["ValueError", True]),
+             Case("an empty batch", call=lambda f: _verdict(f, {"inputs": []}, shape), expected=["ValueError", True]),
+             Case("strings", call=lambda f: _verdict(f, {"inputs": "[[1]]"}, shape), expected=["ValueError", True])]
+    return run_checks("validate_request", fn, cases, Hints(
+        "a service must refuse bad input with a clear message before the model sees it: check the type, the "
+        "key, the shape and the values, and only then build the tensor",
+        "isinstance(body, dict); torch.tensor(lists, dtype=torch.float32) raises (ValueError / TypeError) on "
+        "ragged or non-numeric lists: turn that into your own ValueError; .shape[1:] and torch.isfinite(x).all()",
+        "if not isinstance(body, dict) or 'inputs' not in body: raise ValueError(...); try: x = torch.tensor(body['inputs'], "
+        "dtype=torch.float32) except (TypeError, ValueError, RuntimeError): raise ValueError(...); then refuse "
+        "x.dim() != len(in_shape) + 1, tuple(x.shape[1:]) != tuple(in_shape), len(x) == 0, not torch.isfinite(x).all()"))

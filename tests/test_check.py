@@ -116,6 +116,91 @@ def _widen(config, name, options):
     return {**config, name: min(larger)} if larger else None
 
 
+def _timed_median(run, clock, warmup, repeats):
+    import statistics
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        t0 = clock()
+        run()
+        times.append(clock() - t0)
+    return statistics.median(times)
+
+
+def _timed_mean_no_warmup(run, clock, warmup, repeats):
+    t0 = clock()
+    for _ in range(repeats):
+        run()
+    return (clock() - t0) / repeats
+
+
+def _adagrad(w, g, s, lr, eps):
+    s = s + g * g
+    return w - lr * g / (torch.sqrt(s) + eps), s
+
+
+def _rmsprop(w, g, s, lr, alpha, eps):
+    s = alpha * s + (1 - alpha) * g * g
+    return w - lr * g / (torch.sqrt(s) + eps), s
+
+
+def _allocate(scan, sizes, max_drop):
+    chosen = {k: 0.0 for k in scan}
+    while True:
+        used = sum(scan[k][chosen[k]] for k in scan)
+        steps = []
+        for k in scan:
+            higher = sorted(x for x in scan[k] if x > chosen[k])
+            if higher and used - scan[k][chosen[k]] + scan[k][higher[0]] <= max_drop:
+                gain = sizes[k] * (higher[0] - chosen[k]) / (scan[k][higher[0]] - scan[k][chosen[k]] + 1e-9)
+                steps.append((gain, k, higher[0]))
+        if not steps:
+            return chosen
+        _, k, level = max(steps)
+        chosen[k] = level
+
+
+def _ste(w, scale):
+    r = torch.round(w / scale) * scale
+    return w + (r - w).detach()
+
+
+def _fold(w, b, mean, var, gamma, beta, eps):
+    f = gamma / torch.sqrt(var + eps)
+    return w * f.view(-1, 1, 1, 1), (b - mean) * f + beta
+
+
+def _halving(configs, objective, budgets, eta):
+    trials = []
+    for i, b in enumerate(budgets):
+        scores = [objective(c, b) for c in configs]
+        trials += list(zip(configs, [b] * len(configs), scores))
+        if i < len(budgets) - 1:
+            order = sorted(range(len(configs)), key=lambda j: -scores[j])
+            configs = [configs[j] for j in order[:max(1, len(configs) // eta)]]
+    return trials
+
+
+def _all_reduce(grads):
+    mean = [torch.stack([w[p] for w in grads]).mean(0) for p in range(len(grads[0]))]
+    return [[m.clone() for m in mean] for _ in grads]
+
+
+def _validate(body, in_shape):
+    if not isinstance(body, dict) or "inputs" not in body:
+        raise ValueError("body must be a JSON object with 'inputs'")
+    try:
+        x = torch.tensor(body["inputs"], dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"inputs must be nested lists of numbers ({e})") from e
+    if x.dim() != len(in_shape) + 1 or tuple(x.shape[1:]) != tuple(in_shape) or len(x) == 0:
+        raise ValueError(f"inputs must have shape (N, {in_shape}), got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("inputs must be finite")
+    return x
+
+
 RIGHT_AND_WRONG = {
     "warmup_cosine": (warmup_cosine, lambda t, w: 0.5 * (1 + math.cos(math.pi * t))),
     "momentum_step": (_momentum, lambda w, g, v, lr, mu: (w - lr * g, g)),
@@ -134,6 +219,19 @@ RIGHT_AND_WRONG = {
     "keep_top": (_keep_top, lambda c, s, eta: sorted(c, key=lambda x: -s[c.index(x)])[:len(c) // eta]),
     "widen": (_widen, lambda c, n, o: {**c, n: max(o)}),
     "dominates": (nas.dominates, lambda a, b, obj: all(a[k] >= b[k] for k in obj)),
+    "timed_median": (_timed_median, _timed_mean_no_warmup),
+    "adagrad_step": (_adagrad, lambda w, g, s, lr, eps: (w - lr * g / (torch.sqrt(s) + eps), s + g * g)),
+    "rmsprop_step": (_rmsprop, lambda w, g, s, lr, alpha, eps: _rmsprop(w, g, s, lr, 1 - alpha, eps)),
+    "allocate_sparsity": (_allocate, lambda scan, sizes, d: {k: max(scan[k]) for k in scan}),
+    "ste_round": (_ste, lambda w, scale: torch.round(w / scale) * scale),
+    "fold_batchnorm": (_fold, lambda w, b, mean, var, gamma, beta, eps: (w * (gamma / var.sqrt()).view(-1, 1, 1, 1),
+                                                                          (b - mean) * gamma / var.sqrt() + beta)),
+    "zero_point_matmul": (lambda x, z, w: x.long() @ w.long().T - z * w.long().sum(1),
+                          lambda x, z, w: x.float() @ w.float().T - z * w.float().sum(1)),
+    "halving_loop": (_halving, lambda c, o, b, eta: [(x, b[-1], o(x, b[-1])) for x in c]),
+    "bubble_fraction": (lambda s, m: (s - 1) / (m + s - 1), lambda s, m: (s - 1) / m),
+    "all_reduce_mean": (_all_reduce, lambda grads: [list(w) for w in grads]),
+    "validate_request": (_validate, lambda body, in_shape: torch.tensor(body["inputs"], dtype=torch.float32)),
 }
 
 
@@ -150,7 +248,8 @@ def test_each_checker_accepts_a_right_answer_and_explains_a_wrong_one(name, caps
 
 def test_every_checker_is_in_the_table():
     checkers = {n for n, f in vars(check).items() if callable(f) and getattr(f, "__module__", "") == "mokit.check"
-                and not n.startswith("_") and n not in {"Case", "CheckResult", "Hints", "passed", "reset", "run_checks"}}
+                and not n.startswith("_") and n not in {"Case", "CheckResult", "Hints", "passed", "reset", "run_checks"}
+                and not isinstance(f, type)}
     assert checkers == set(RIGHT_AND_WRONG)
 
 
