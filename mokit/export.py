@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .data import atomic_write_bytes
-from .serve import INPUT, OUTPUT, OrtModel, check_batch, load_session  # noqa: F401 (re-exported)
+from .runtime import INPUT, OUTPUT, OrtModel, check_batch, load_session  # noqa: F401 (re-exported)
 
 
 def _check_in_shape(in_shape: Sequence[int]) -> tuple[int, ...]:
@@ -546,24 +546,3 @@ def compare_latency(models: dict[str, nn.Module], in_shape: Sequence[int], *, ba
         rows.append({"model": name, "batch": b, "p50 ms": p50, "p99 ms": max(m["p99_ms"] for m in r),
                      "examples/s": b / (p50 / 1e3), "device": r[0]["device"]})
     return rows
-
-
-def plot_tradeoffs(rows, *, x: str = "file KB", y: str = "accuracy %", color: str = "ms @ 256"):
-    """Accuracy against file size (log) with latency as colour; the 3-objective Pareto front ringed
-    (no other model is at least as accurate, as small and as fast, and better in one)."""
-    import matplotlib.pyplot as plt
-
-    from .nas import pareto_front
-
-    front = set(pareto_front(list(rows), {y: True, x: False, color: False}))
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    pts = ax.scatter([r[x] for r in rows], [r[y] for r in rows], c=[r[color] for r in rows], cmap="viridis_r",
-                     s=60, zorder=3)
-    for i, r in enumerate(rows):
-        if i in front:
-            ax.scatter(r[x], r[y], s=220, facecolors="none", edgecolors="crimson", lw=1.5, zorder=2)
-        ax.annotate(r["model"], (r[x], r[y]), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    fig.colorbar(pts, ax=ax, label=color)
-    ax.set(xscale="log", xlabel=f"{x} (log)", ylabel=y, title="accuracy vs file size vs latency (ringed: Pareto front)")
-    fig.tight_layout()
-    return fig

@@ -41,7 +41,7 @@ from torch import nn
 
 from . import validate
 from .data import atomic_torch_save, safe_torch_load
-from .serve import free_port
+from .procs import free_port
 
 # ---------------------------------------------------------------------------------------------
 # 1. Launching worker processes

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import torch
 
+from .nas import pareto_front
 from .train import History
 
 
@@ -81,5 +82,43 @@ def bars(values: Mapping[str, float], *, errors: Mapping[str, float] | None = No
     if ylim:
         ax.set_ylim(*ylim)
     ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def load_sweep(sweep: Sequence[dict], *, title: str = "load sweep"):
+    """serve.load_sweep's results: throughput (left axis) and p50 / p99 latency (right axis) against
+    concurrent clients (log x)."""
+    clients = [r["concurrency"] for r in sweep]
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    ax.plot(clients, [r["throughput"] for r in sweep], "o-", color="C0", label="throughput")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(clients, [str(c) for c in clients])
+    ax.set(xlabel="concurrent clients", ylabel="throughput (requests/s)", title=title)
+    ax.set_ylim(bottom=0)
+    right = ax.twinx()
+    for key, style in (("p50_ms", ":"), ("p99_ms", "--")):
+        right.plot(clients, [r[key] for r in sweep], "s" + style, color="C3", label=key.replace("_ms", ""))
+    right.set(ylabel="latency (ms)")
+    right.set_ylim(bottom=0)
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def tradeoffs(rows, *, x: str = "file KB", y: str = "accuracy %", color: str = "ms @ 256"):
+    """Accuracy against file size (log) with latency as colour; the 3-objective Pareto front ringed
+    (no other model is at least as accurate, as small and as fast, and better in one)."""
+    front = set(pareto_front(list(rows), {y: True, x: False, color: False}))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    pts = ax.scatter([r[x] for r in rows], [r[y] for r in rows], c=[r[color] for r in rows], cmap="viridis_r",
+                     s=60, zorder=3)
+    for i, r in enumerate(rows):
+        if i in front:
+            ax.scatter(r[x], r[y], s=220, facecolors="none", edgecolors="crimson", lw=1.5, zorder=2)
+        ax.annotate(r["model"], (r[x], r[y]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    fig.colorbar(pts, ax=ax, label=color)
+    ax.set(xscale="log", xlabel=f"{x} (log)", ylabel=y, title="accuracy vs file size vs latency (ringed: Pareto front)")
     fig.tight_layout()
     return fig

@@ -4,6 +4,7 @@
         predict(srv.url, images)                                   # -> classes + probabilities
         load_test(srv.url, bodies, requests=2000, concurrency=8,   # p50/p99 ms, throughput, failed
                   swap=lambda: swap_model(srv.url, "runs/models/small.int8.onnx", "v2"))
+        load_sweep(srv.url, bodies, [1, 2, 4, 8])                  # one load test per number of clients
     # the process is gone here, also after an exception (finally + weakref.finalize at exit)
 
 Endpoints: POST /predict {"images": [[[...]]]} -> {"classes", "probabilities", "version"};
@@ -21,7 +22,6 @@ import http.client
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,17 +37,19 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from . import validate
+from .procs import free_port, stop_process  # noqa: F401 - free_port re-exported
+from .runtime import INPUT, OUTPUT, OrtModel, check_batch, load_session  # noqa: F401 - re-exported
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)   # seconds
 MAX_BODY_BYTES = 2_000_000     # a batch of 64 MNIST images as JSON is ~1 MB
 MAX_BATCH = 256
 VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")   # model versions: also /metrics label values
 OTHER_ENDPOINT = "other"       # the /metrics label of every path that is not an endpoint (bounded label set)
-INPUT, OUTPUT = "input", "logits"   # tensor names inside every ONNX file mokit exports
 
 
 # ---------------------------------------------------------------------------------------------
-# 0. The runtime: ONNX Runtime and numpy only. No torch here, so a server process starts in ~1 s.
+# 0. Settings (the runtime itself, ONNX Runtime and numpy only, is mokit.runtime: no torch, so a
+#    server process starts in about a second)
 # ---------------------------------------------------------------------------------------------
 
 class TooLarge(ValueError):
@@ -79,58 +81,6 @@ def check_settings(model_path, *, version: str = "v1", threads: "int | None" = 1
             "threads": None if threads is None else validate.integer(name("threads"), threads, low=1, what="or None"),
             "max_body_bytes": validate.integer(name("max_body_bytes"), max_body_bytes, low=1),
             "max_batch": validate.integer(name("max_batch"), max_batch, low=1), "model_dir": model_dir}
-
-
-def load_session(path: "str | os.PathLike", *, threads: "int | None" = 1):
-    """An ONNX Runtime CPU session for the file at `path` (threads=None: ORT's default, all cores).
-
-    Spinning worker threads are switched off: on a shared 2-core machine they steal the CPU.
-    """
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no ONNX model file at {path}")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads is not None:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:   # ORT raises its own Fail / InvalidProtobuf / ... types
-        raise ValueError(f"{path} is not a loadable ONNX model: {e}") from e
-
-
-def check_batch(x, in_shape: Sequence[int]) -> np.ndarray:
-    """x as a C-contiguous float32 array of shape (B, *in_shape), else ValueError naming what is wrong."""
-    x = np.asarray(x)
-    if x.dtype.kind not in "iuf":
-        raise ValueError(f"input must be numbers (float or int), got dtype {x.dtype}")
-    if x.ndim != len(in_shape) + 1 or tuple(x.shape[1:]) != tuple(in_shape) or x.shape[0] < 1:
-        raise ValueError(f"input has shape {tuple(x.shape)}; allowed: (batch >= 1, {', '.join(map(str, in_shape))})")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        raise ValueError("input contains NaN or infinity; allowed: finite numbers")
-    return x
-
-
-class OrtModel:
-    """An ONNX file in an ONNX Runtime session: run(x (B, *in_shape)) -> logits (B, K), numpy."""
-
-    def __init__(self, path: "str | os.PathLike", *, threads: "int | None" = 1):
-        self.path = Path(path)
-        self.session = load_session(self.path, threads=threads)
-        dims = self.session.get_inputs()[0].shape[1:]
-        if not all(isinstance(d, int) for d in dims):
-            raise ValueError(f"{self.path.name}: input has symbolic per-example dimensions {dims}; need fixed ones")
-        self.in_shape = tuple(dims)
-
-    def run(self, x) -> np.ndarray:
-        return self.session.run([OUTPUT], {INPUT: check_batch(x, self.in_shape)})[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,24 +310,6 @@ def create_app(model_path: str | os.PathLike, *, version: str = "v1", threads: i
 # 3. The server process: started on a free localhost port, always stopped
 # ---------------------------------------------------------------------------------------------
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A free TCP port on `host` (bind to port 0, let the OS pick, release it)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL if it does not exit within `timeout` s; reap it either way."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
-
-
 class Server:
     """`python -m mokit.serve` in a child process on a free localhost port, healthy before use.
 
@@ -418,7 +350,7 @@ class Server:
             cmd += ["--model-dir", str(self.model_dir)]
         self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self._finalizer = weakref.finalize(self, _stop_process, self.proc)    # runs at exit too
+        self._finalizer = weakref.finalize(self, stop_process, self.proc)    # runs at exit too
         try:
             self._wait_healthy()
         except BaseException:
@@ -449,7 +381,7 @@ class Server:
 
     def stop(self) -> None:
         if self._finalizer is not None:
-            self._finalizer()            # calls _stop_process once, detaches the at-exit hook
+            self._finalizer()            # calls stop_process once, detaches the at-exit hook
 
     def __enter__(self) -> "Server":
         return self.start()
@@ -607,6 +539,18 @@ def load_test(url: str, bodies: Sequence[bytes], *, requests: int = 2000, concur
             "p50_ms": statistics.median(ms) if ms else float("nan"), "p99_ms": pick(0.99),
             "throughput": requests / seconds, "seconds": seconds, "versions": dict(versions),
             "swap": swap_result or None, "errors": errors[:5]}
+
+
+def load_sweep(url: str, bodies: Sequence[bytes], clients: Sequence[int], *, requests: int = 300,
+               warmup: int = 20) -> list[dict]:
+    """One `load_test` of `requests` requests per number of concurrent clients in `clients` (in that
+    order), after `warmup` requests from one client: how throughput and p50/p99 change as clients are added."""
+    if isinstance(clients, (str, bytes)) or not isinstance(clients, Sequence) or not clients:
+        raise ValueError(f"clients must be a non-empty sequence of client counts, got {clients!r}")
+    clients = [validate.integer(f"clients[{i}]", c, low=1) for i, c in enumerate(clients)]
+    if warmup:
+        load_test(url, bodies, requests=warmup, concurrency=1)
+    return [load_test(url, bodies, requests=requests, concurrency=c) for c in clients]
 
 
 if __name__ == "__main__":

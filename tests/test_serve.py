@@ -244,3 +244,21 @@ def test_server_stops_after_an_exception(models):
     assert _gone(pid)
     with pytest.raises(FileNotFoundError, match="no ONNX model file at .*nothing.onnx"):
         S.Server(models / "nothing.onnx")
+
+
+@pytest.mark.parametrize("clients", [[], "4", [0], [2, 1.5], [True], None])
+def test_load_sweep_refuses_bad_client_counts_before_any_request(clients):
+    with pytest.raises(ValueError, match="clients"):
+        S.load_sweep("http://127.0.0.1:9", [b"{}"], clients)         # nothing listens there: no request made
+
+
+def test_load_sweep_runs_one_load_test_per_client_count(models):
+    from mokit import plot
+
+    bodies = [S.encode_images(torch.randn(1, *IMG)) for _ in range(4)]
+    with S.Server(models / "v1.onnx") as srv:
+        sweep = S.load_sweep(srv.url, bodies, [1, 2], requests=40, warmup=5)
+    assert [r["concurrency"] for r in sweep] == [1, 2]
+    assert all(r["failed"] == 0 and r["throughput"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"] for r in sweep)
+    fig = plot.load_sweep(sweep, title="test")
+    assert [line.get_label() for ax in fig.axes for line in ax.get_lines()] == ["throughput", "p50", "p99"]
