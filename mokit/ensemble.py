@@ -26,7 +26,7 @@ from torch import nn
 
 from . import validate
 from .data import TensorData
-from .train import _model_device, check_data, check_shape, evaluate, predict
+from .train import check_data, check_shape, evaluate, model_device, predict
 
 
 def _check_model(model) -> nn.Module:
@@ -56,7 +56,7 @@ def num_outputs(model: nn.Module, in_shape: Sequence[int] | None = None) -> int:
         model.eval()
         try:
             with torch.no_grad():
-                out = model(torch.zeros(1, *in_shape, device=_model_device(model)))
+                out = model(torch.zeros(1, *in_shape, device=model_device(model)))
         except RuntimeError as e:
             raise ValueError(f"cannot run {type(model).__name__} on inputs of shape {in_shape}: {e}") from e
         finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 import statistics
 import time
 import zipfile
@@ -360,3 +361,50 @@ def summarize(models: dict[str, nn.Module], data=None, *, in_shape: Sequence[int
             row[f"ms @ batch {b}"] = measure_latency(model, in_shape, batch_size=b, repeats=repeats)["ms"]
         rows.append(row)
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Pareto fronts: what no other point beats on every objective at once
+# ---------------------------------------------------------------------------------------------
+
+def dominates(a: dict, b: dict, objectives: dict[str, bool]) -> bool:
+    """a dominates b: no worse on every objective and better on one (objectives: name -> maximize)."""
+    sign = {k: 1 if mx else -1 for k, mx in objectives.items()}
+    no_worse = all(sign[k] * a[k] >= sign[k] * b[k] for k in objectives)
+    return no_worse and any(sign[k] * a[k] > sign[k] * b[k] for k in objectives)
+
+
+def check_objectives(objectives) -> dict[str, bool]:
+    if not isinstance(objectives, dict) or not objectives:
+        raise ValueError(f"objectives must be a non-empty dict {{name: maximize (True/False)}}, got "
+                         f"{objectives!r}")
+    for k, mx in objectives.items():
+        if type(mx).__name__ not in ("bool", "bool_"):
+            raise ValueError(f"objectives[{k!r}] must be True (maximize) or False (minimize), got {mx!r}")
+    return objectives
+
+
+def pareto_front(points: Sequence[dict], objectives: dict[str, bool]) -> list[int]:
+    """Indices of the non-dominated points, sorted by the first objective (best first).
+
+    Every point must give every objective a real number (else ValueError naming the point). The rule
+    for NaN: a point with NaN in any objective (a diverged trial, a failed measurement) cannot be
+    compared, so it is left off the front and dominates nothing; its index is never returned.
+    +-inf compare as numbers."""
+    objectives = check_objectives(objectives)
+    if isinstance(points, (str, bytes, dict)) or not isinstance(points, Sequence):
+        raise TypeError(f"points must be a sequence of dicts, got {type(points).__name__}")
+    for i, p in enumerate(points):
+        if not isinstance(p, dict):
+            raise TypeError(f"points[{i}] must be a dict of objective values, got {type(p).__name__}")
+        for k in objectives:
+            if k not in p:
+                raise ValueError(f"points[{i}] has no value for objective {k!r}; it has {sorted(p)}")
+            v = p[k]
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise ValueError(f"points[{i}][{k!r}] must be a real number, got {v!r}")
+    comparable = [i for i, p in enumerate(points) if not any(math.isnan(p[k]) for k in objectives)]
+    front = [i for i in comparable
+             if not any(dominates(points[j], points[i], objectives) for j in comparable)]
+    first, mx = next(iter(objectives.items()))
+    return sorted(front, key=lambda i: points[i][first], reverse=mx)

@@ -14,14 +14,13 @@ batchnorm, global_pool) so every strategy of mokit.search works on it unchanged.
 
 from __future__ import annotations
 
-import math
-import numbers
 import random
 from collections.abc import Callable, Sequence
 
 from torch import nn
 
 from . import search, validate
+from .metrics import check_objectives, dominates, pareto_front  # noqa: F401 - re-exported: nas.pareto_front
 from .search import choice, int_range, repair
 
 # ---------------------------------------------------------------------------------------------
@@ -217,8 +216,8 @@ def arch_cost(config: dict, in_shape: Sequence[int] = (1, 28, 28), num_classes: 
 
 
 def _shape_and_classes(in_shape, num_classes) -> tuple[tuple[int, ...], int]:
-    from .models import _in_shape, _num_classes
-    return _in_shape(in_shape, image=False), _num_classes(num_classes)
+    from .models import check_in_shape, check_num_classes
+    return check_in_shape(in_shape, image=False), check_num_classes(num_classes)
 
 
 def constraint(*, max_params: int | None = None, max_macs: int | None = None,
@@ -261,53 +260,10 @@ def arch_objective(train_data, val_data, *, seed: int = 0, latency: bool = False
 # 4. Pareto fronts
 # ---------------------------------------------------------------------------------------------
 
-def dominates(a: dict, b: dict, objectives: dict[str, bool]) -> bool:
-    """a dominates b: no worse on every objective and better on one (objectives: name -> maximize)."""
-    sign = {k: 1 if mx else -1 for k, mx in objectives.items()}
-    no_worse = all(sign[k] * a[k] >= sign[k] * b[k] for k in objectives)
-    return no_worse and any(sign[k] * a[k] > sign[k] * b[k] for k in objectives)
-
-
-def _check_objectives(objectives) -> dict[str, bool]:
-    if not isinstance(objectives, dict) or not objectives:
-        raise ValueError(f"objectives must be a non-empty dict {{name: maximize (True/False)}}, got "
-                         f"{objectives!r}")
-    for k, mx in objectives.items():
-        if type(mx).__name__ not in ("bool", "bool_"):
-            raise ValueError(f"objectives[{k!r}] must be True (maximize) or False (minimize), got {mx!r}")
-    return objectives
-
-
-def pareto_front(points: Sequence[dict], objectives: dict[str, bool]) -> list[int]:
-    """Indices of the non-dominated points, sorted by the first objective (best first).
-
-    Every point must give every objective a real number (else ValueError naming the point). The rule
-    for NaN: a point with NaN in any objective (a diverged trial, a failed measurement) cannot be
-    compared, so it is left off the front and dominates nothing; its index is never returned.
-    +-inf compare as numbers."""
-    objectives = _check_objectives(objectives)
-    if isinstance(points, (str, bytes, dict)) or not isinstance(points, Sequence):
-        raise TypeError(f"points must be a sequence of dicts, got {type(points).__name__}")
-    for i, p in enumerate(points):
-        if not isinstance(p, dict):
-            raise TypeError(f"points[{i}] must be a dict of objective values, got {type(p).__name__}")
-        for k in objectives:
-            if k not in p:
-                raise ValueError(f"points[{i}] has no value for objective {k!r}; it has {sorted(p)}")
-            v = p[k]
-            if isinstance(v, bool) or not isinstance(v, numbers.Real):
-                raise ValueError(f"points[{i}][{k!r}] must be a real number, got {v!r}")
-    comparable = [i for i, p in enumerate(points) if not any(math.isnan(p[k]) for k in objectives)]
-    front = [i for i in comparable
-             if not any(dominates(points[j], points[i], objectives) for j in comparable)]
-    first, mx = next(iter(objectives.items()))
-    return sorted(front, key=lambda i: points[i][first], reverse=mx)
-
-
 def trial_front(trials: Sequence, objectives: dict[str, bool]) -> list:
     """The successful trials on the Pareto front of `objectives` (metrics of each trial); trials
     with NaN in an objective are left off, as in pareto_front."""
-    objectives = _check_objectives(objectives)
+    objectives = check_objectives(objectives)
     unique = {search.trial_key(t.config, t.budget): t for t in trials}      # one per (config, budget)
     ok = [t for t in unique.values() if t.status == "ok" and all(k in t.metrics for k in objectives)]
     return [ok[i] for i in pareto_front([t.metrics for t in ok], objectives)]

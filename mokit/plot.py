@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import torch
 
-from .nas import pareto_front
+from .metrics import pareto_front
 from .train import History
 
 
