@@ -28,11 +28,11 @@ from torch import nn
 from . import validate
 from .data import Batches, TensorData, check_augment
 from .train import (
-    _model_device,
     autocast,
     check_data,
     check_seed,
     check_shape,
+    model_device,
     predict,
     resolve_precision,
 )
@@ -262,9 +262,9 @@ class HintStudent(nn.Module):
         try:
             with torch.no_grad():                       # probe both feature shapes
                 student.eval()
-                student(torch.zeros(2, *in_shape, device=_model_device(student)))
+                student(torch.zeros(2, *in_shape, device=model_device(student)))
                 teacher.eval()
-                teacher(torch.zeros(2, *in_shape, device=_model_device(teacher)))
+                teacher(torch.zeros(2, *in_shape, device=model_device(teacher)))
             s, t = self.features.pop("student", None), self.features.pop("teacher", None)
             if not isinstance(s, torch.Tensor) or not isinstance(t, torch.Tensor):
                 raise ValueError("the hint layers must output tensors")
@@ -278,7 +278,7 @@ class HintStudent(nn.Module):
         finally:
             student.train(was)
         self.adapter = (nn.Conv2d(s.shape[1], t.shape[1], 1) if s.dim() == 4
-                        else nn.Linear(s.shape[1], t.shape[1])).to(_model_device(student))
+                        else nn.Linear(s.shape[1], t.shape[1])).to(model_device(student))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)

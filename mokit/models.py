@@ -117,9 +117,6 @@ def check_num_classes(num_classes) -> int:
     return validate.integer("num_classes", num_classes, low=1, high=100_000)
 
 
-_in_shape, _num_classes = check_in_shape, check_num_classes    # old private names, until their users move
-
-
 def _check_params(what: str, n: int) -> None:
     if n > MAX_PARAMS:
         raise ValueError(f"{what} would have about {n:,} parameters; at most {MAX_PARAMS:,}")

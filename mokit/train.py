@@ -807,5 +807,3 @@ def _checkpoint_accuracy(model: nn.Module, meta: dict, data: TensorData, tta: st
     meta["evals"] = evals
     return evals[key]
 
-
-_warmup_cosine, _model_device = warmup_cosine, model_device    # old private names, until their users move

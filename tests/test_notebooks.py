@@ -8,14 +8,12 @@ runs (`make course`).
 """
 
 import re
-import time
-import warnings
 from pathlib import Path
 
 import nbformat
 import papermill as pm
 import pytest
-from nbclient.exceptions import CellTimeoutError
+from nbrun import run_notebook
 
 from mokit.data import list_datasets
 from mokit.results import bands_for, check_bands, load_results, results_path
@@ -30,26 +28,8 @@ def _parameters(path: Path) -> str:
     return code[0].source if code else ""
 
 
-CELL_TIMEOUT = 300     # seconds; the slowest SMOKE cell takes well under a minute on 2 cores
-
-
 def _run(path: Path, out: Path, **parameters) -> float:
-    """Execute the notebook; a cell that gets no reply within CELL_TIMEOUT is retried once with a new
-    kernel. Seen once in a clean-clone run: the kernel had finished a widget cell and sat idle while
-    the client still waited for its reply (a lost ZMQ message, not a slow cell: it passed alone in 47 s).
-    A notebook that hangs twice fails."""
-    start = time.perf_counter()
-    for attempt in (1, 2):
-        try:
-            pm.execute_notebook(str(path), str(out), parameters=parameters, cwd=str(path.parent),
-                                kernel_name="python3", progress_bar=False, execution_timeout=CELL_TIMEOUT)
-            break
-        except CellTimeoutError:
-            if attempt == 2:
-                raise
-            warnings.warn(f"{path.name}: a cell got no reply in {CELL_TIMEOUT} s; running it again", stacklevel=1)
-            results_path(path.stem).unlink(missing_ok=True)
-    return time.perf_counter() - start
+    return run_notebook(path, out, **parameters)
 
 
 @pytest.mark.notebook
