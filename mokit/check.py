@@ -236,9 +236,9 @@ def warmup_cosine(fn: Callable[[float, float], float]) -> CheckResult:
         "f(t) = t / warmup while t < warmup, then 0.5 * (1 + cos(pi * (t - warmup) / (1 - warmup)))"))
 
 
-def _torch_momentum(w0: torch.Tensor, lr: float, momentum: float, steps: int) -> torch.Tensor:
+def _torch_steps(opt_cls, w0: torch.Tensor, steps: int, **kw) -> torch.Tensor:
     w = w0.clone().requires_grad_()
-    opt = torch.optim.SGD([w], lr=lr, momentum=momentum)
+    opt = opt_cls([w], **kw)
     for _ in range(steps):
         opt.zero_grad()
         (w ** 2).sum().backward()
@@ -246,10 +246,11 @@ def _torch_momentum(w0: torch.Tensor, lr: float, momentum: float, steps: int) ->
     return w.detach()
 
 
-def _our_momentum(fn, w0: torch.Tensor, lr: float, momentum: float, steps: int) -> torch.Tensor:
-    w, v = w0.clone(), torch.zeros_like(w0)
+def _our_steps(fn: Callable, w0: torch.Tensor, steps: int, *hyper) -> torch.Tensor:
+    """The learner's step fn(w, g, state, *hyper) -> (w, state) run on sum(w^2), state starting at 0."""
+    w, state = w0.clone(), torch.zeros_like(w0)
     for _ in range(steps):
-        w, v = fn(w, 2 * w, v, lr, momentum)                  # the gradient of sum(w^2) is 2w
+        w, state = fn(w, 2 * w, state, *hyper)        # the gradient of sum(w^2) is 2w
     return w
 
 
@@ -263,7 +264,8 @@ def momentum_step(fn: Callable) -> CheckResult:
                   [t([0.855, 2.29]), t([0.95, -1.9])]),
              Case("momentum 0 is plain SGD", (t([1.0]), t([2.0]), t([5.0]), 0.5, 0.0), [t([0.0]), t([2.0])]),
              Case("3 steps on sum(w^2) against torch.optim.SGD(momentum=0.9)",
-                  call=lambda fn: _our_momentum(fn, w0, 0.05, 0.9, 3), expected=_torch_momentum(w0, 0.05, 0.9, 3))]
+                  call=lambda fn: _our_steps(fn, w0, 3, 0.05, 0.9),
+                  expected=_torch_steps(torch.optim.SGD, w0, 3, lr=0.05, momentum=0.9))]
     return run_checks("momentum_step", fn, cases, Hints(
         'the velocity remembers past gradients: decay it by momentum, add the new gradient, then step the weights along the velocity',
         'plain tensor arithmetic (*, +, -) that makes new tensors; no in-place updates (-=, .add_), since the inputs must stay as they are',
@@ -603,23 +605,6 @@ def timed_median(fn: Callable) -> CheckResult:
 # ---------------------------------------------------------------------------------------------
 # 01 training strategies: the adaptive update rules
 # ---------------------------------------------------------------------------------------------
-
-def _torch_steps(opt_cls, w0: torch.Tensor, steps: int, **kw) -> torch.Tensor:
-    w = w0.clone().requires_grad_()
-    opt = opt_cls([w], **kw)
-    for _ in range(steps):
-        opt.zero_grad()
-        (w ** 2).sum().backward()
-        opt.step()
-    return w.detach()
-
-
-def _our_steps(fn: Callable, w0: torch.Tensor, steps: int, *hyper) -> torch.Tensor:
-    w, s = w0.clone(), torch.zeros_like(w0)
-    for _ in range(steps):
-        w, s = fn(w, 2 * w, s, *hyper)            # the gradient of sum(w^2)
-    return w
-
 
 def adagrad_step(fn: Callable) -> CheckResult:
     """fn(w, g, s, lr, eps) -> (w, s):  s <- s + g^2,  w <- w - lr * g / (sqrt(s) + eps)."""
