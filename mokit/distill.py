@@ -238,6 +238,21 @@ def _layer(model: nn.Module, layer: str, name: str) -> nn.Module:
     return modules[layer]
 
 
+def penultimate(model: nn.Module) -> str:
+    """The name of the layer whose output the classifier reads - the usual FitNets hint layer: the last
+    leaf module before the final Linear, skipping shape-only layers (Flatten, Dropout, Identity).
+    ValueError if the model has no such layer."""
+    modules = dict(model.named_modules())
+    names = [n for n, m in modules.items() if n and not list(m.children())]           # leaves, in order
+    linears = [i for i, n in enumerate(names) if isinstance(modules[n], nn.Linear)]
+    before = [n for n in names[:linears[-1]] if not isinstance(modules[n], (nn.Flatten, nn.Dropout, nn.Identity))] \
+        if linears else []
+    if not before:
+        raise ValueError(f"{type(model).__name__} has no layer before a final Linear classifier; "
+                         f"layers: {', '.join(names)}")
+    return before[-1]
+
+
 def _capture(module: nn.Module, store: dict, key: str):
     return module.register_forward_hook(lambda m, i, out: store.__setitem__(key, out))
 

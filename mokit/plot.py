@@ -1,8 +1,9 @@
-"""Matplotlib figures the notebooks show. Each returns its Figure (and never calls plt.show)."""
+"""Matplotlib figures the notebooks show. Each returns its Figure (and never calls plt.show);
+optimizer_paths also returns the paths it drew."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import torch
@@ -120,5 +121,66 @@ def tradeoffs(rows, *, x: str = "file KB", y: str = "accuracy %", color: str = "
         ax.annotate(r["model"], (r[x], r[y]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     fig.colorbar(pts, ax=ax, label=color)
     ax.set(xscale="log", xlabel=f"{x} (log)", ylabel=y, title="accuracy vs file size vs latency (ringed: Pareto front)")
+    fig.tight_layout()
+    return fig
+
+
+def optimizer_paths(f: Callable[[torch.Tensor], torch.Tensor],
+                    optimizers: Mapping[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]], *,
+                    start: Sequence[float] = (-5.0, -2.0), steps: int = 20, optimum: Sequence[float] | None = None,
+                    title: str = ""):
+    """Each optimizer's path on a 2-D function, drawn over its contours; returns (Figure, paths).
+
+    f maps a (2,) tensor to a scalar; optimizers maps a name to a factory `make(params) -> torch.optim
+    optimizer` (e.g. `lambda p: torch.optim.SGD(p, lr=0.4)`). From the same `start` each takes `steps`
+    steps w <- opt.step() on loss f(w); paths[name] is a (steps + 1, 2) tensor whose row 0 is `start`.
+    `optimum`, if given, is marked with a cross.
+    """
+    if len(start) != 2:
+        raise ValueError(f"start must be a 2-D point (x1, x2), got {start!r}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    paths = {}
+    for name, make in optimizers.items():
+        w = torch.tensor([float(v) for v in start], requires_grad=True)
+        opt, path = make([w]), [w.detach().clone()]
+        for _ in range(steps):
+            opt.zero_grad()
+            f(w).backward()
+            opt.step()
+            path.append(w.detach().clone())
+        paths[name] = torch.stack(path)                               # (steps + 1, 2)
+    # the view: the start and every finite point, at most 3x the start's reach from the origin
+    points = torch.cat([p for p in paths.values()])
+    reach = 3 * max(abs(float(v)) for v in start) + 1e-6
+    points = points[torch.isfinite(points).all(1) & (points.abs() <= reach).all(1)]
+    lo, hi = points.min(0).values, points.max(0).values
+    pad = 0.15 * (hi - lo) + 0.5
+    g1, g2 = torch.meshgrid(torch.linspace(lo[0] - pad[0], hi[0] + pad[0], 120),
+                            torch.linspace(lo[1] - pad[1], hi[1] + pad[1], 120), indexing="ij")
+    with torch.no_grad():
+        z = torch.func.vmap(f)(torch.stack([g1, g2], -1).reshape(-1, 2)).reshape(g1.shape)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    ax.contour(g1, g2, z, levels=20, colors="lightgray", linewidths=0.8)
+    for name, path in paths.items():
+        ax.plot(path[:, 0], path[:, 1], "o-", ms=3, lw=1.2, label=name)
+    ax.plot(*[float(v) for v in start], "k*", ms=12, label="start")
+    if optimum is not None:
+        ax.plot(*[float(v) for v in optimum], "kP", ms=9, label="minimum")
+    ax.set(xlim=(float(g1.min()), float(g1.max())), ylim=(float(g2.min()), float(g2.max())),
+           xlabel="$x_1$", ylabel="$x_2$", title=title or f"{steps} steps from the same start")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig, paths
+
+
+def lr_sweep(rows: Sequence[Mapping], *, y: str = "accuracy %", title: str = "learning-rate sweep"):
+    """Accuracy against learning rate (log x), one line per optimizer: rows of {"optimizer", "lr", y}."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for name in dict.fromkeys(r["optimizer"] for r in rows):
+        mine = sorted((r["lr"], r[y]) for r in rows if r["optimizer"] == name)
+        ax.plot([lr for lr, _ in mine], [v for _, v in mine], "o-", label=name)
+    ax.set(xscale="log", xlabel="learning rate (log)", ylabel=y, title=title)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

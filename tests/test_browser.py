@@ -1,6 +1,6 @@
 """The widgets in a real browser: JupyterLab from .venv, headless Chromium driven by Playwright.
 
-Notebooks 02 and 04 (SMOKE=True) are opened in JupyterLab and run; then the sparsity slider (02)
+Notebooks 02 and 04 (SMOKE=True, cut after the slider's cell) are opened in JupyterLab and run; then the sparsity slider (02)
 and the bit-width slider (04) are moved with the keyboard, and the panel's printed output must change
 to the new value. Screenshots (before/after each move, and a plot) go to runs/browser/. Needs
 Debian's `chromium` (/usr/bin/chromium, `apt-get install chromium`) and the `playwright` package -
@@ -67,14 +67,21 @@ def _shutdown_kernels(url: str, token: str) -> None:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """A JupyterLab server on localhost over a temp root holding SMOKE copies of 02 and 04."""
+    """A JupyterLab server on localhost over a temp root holding SMOKE copies of 02 and 04, each cut after
+    the cell of the slider it tests."""
     chromium = _require_browser()
+    import nbformat
     import papermill as pm
 
     root = tmp_path_factory.mktemp("lab")
-    for name in ("02_pruning", "04_quantization"):
-        pm.execute_notebook(str(REPO / "notebooks" / f"{name}.ipynb"), str(root / f"{name}.ipynb"),
+    for name, label, *_ in CASES:
+        copy = root / f"{name}.ipynb"
+        pm.execute_notebook(str(REPO / "notebooks" / f"{name}.ipynb"), str(copy),
                             parameters={"SMOKE": True}, prepare_only=True, progress_bar=False)
+        nb = nbformat.read(copy, as_version=4)    # up to the slider's panel: test_notebooks runs the rest
+        nb.cells = nb.cells[:1 + next(i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+                                      and "panel(" in c.source and f'"{label}"' in c.source)]
+        nbformat.write(nb, copy)
     port, token = free_port(), secrets.token_hex(16)
     cmd = [str(JUPYTER), "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",

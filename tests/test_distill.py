@@ -10,6 +10,7 @@ from mokit.distill import (
     fit_class_bias,
     hint_loss,
     kd_loss,
+    penultimate,
     soft_target_loss,
     soft_targets,
 )
@@ -120,6 +121,22 @@ def test_teacher_with_other_output_size_fails(tiny):
     teacher = create_model("mlp", hidden=(8,), num_classes=5)
     with pytest.raises(ValueError, match="same number of outputs"):
         train(create_model("mlp", hidden=(8,)), tr, epochs=1, loss_fn=distill_loss(teacher), progress=False)
+
+
+@pytest.mark.parametrize("name, kwargs, layer", [("lenet5", {}, "8"), ("mlp", {"hidden": (16, 8)}, "4"),
+                                                  ("cifar_net", {}, "23")])
+def test_penultimate_names_the_layer_the_classifier_reads(name, kwargs, layer):
+    model = create_model(name, **kwargs)
+    assert penultimate(model) == layer
+    modules = dict(model.named_modules())
+    assert not isinstance(modules[layer], (torch.nn.Linear, torch.nn.Flatten))
+
+
+def test_penultimate_refuses_a_model_without_hidden_layer():
+    with pytest.raises(ValueError, match="no layer before a final Linear"):
+        penultimate(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)))
+    with pytest.raises(ValueError, match="no layer before a final Linear"):
+        penultimate(torch.nn.Sequential(torch.nn.ReLU()))
 
 
 def test_hint_student_trains_adapter_and_student(tiny):

@@ -204,3 +204,34 @@ def test_pareto_front_bad_input(points, objectives, error, match):
 def test_spaces_and_costs_refuse_bad_arguments(fn, kw, match):
     with pytest.raises(ValueError, match=match):
         fn(**kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which decisions mattered (issue 14): Optuna's importance over an architecture space
+# ---------------------------------------------------------------------------------------------
+
+def test_param_importances_find_the_decision_the_score_depends_on():
+    """The score depends on c0 alone (plus a tiny tie-breaker): c0 must carry the largest share."""
+    space = nas.conv_space(max_conv=2, max_dense=1)
+    score = lambda c, b: {"score": c["c0"] + random.Random(str(sorted(c.items()))).random() / 100}  # noqa: E731
+    r = search.random_search(score, space, budget=1, n_trials=40, seed=0)
+    imp = search.param_importances(r, space)
+    assert max(imp, key=imp.get) == "c0"
+    assert set(imp) <= set(space) and abs(sum(imp.values()) - 1) < 1e-6
+    assert list(imp.values()) == sorted(imp.values(), reverse=True)          # largest first
+    low = search.random_search(lambda c, b: {"loss": -score(c, b)["score"]}, space, budget=1, n_trials=40,
+                               seed=0, metric="loss", maximize=False)
+    low_imp = search.param_importances(low, space)
+    assert max(low_imp, key=low_imp.get) == "c0"                              # minimizing: the same answer
+
+
+def test_param_importances_bad_input():
+    space = nas.mlp_space(max_layers=1)
+    r = search.random_search(lambda c, b: c["h0"], space, budget=1, n_trials=3, seed=0)
+    with pytest.raises(ValueError, match="unknown evaluator 'anova'; valid names: ped_anova"):
+        search.param_importances(r, space, evaluator="anova")
+    failed = search.random_search(lambda c, b: float("nan"), space, budget=1, n_trials=3, seed=0)
+    with pytest.raises(ValueError, match="at least 2 successful trials"):
+        search.param_importances(failed, space)
+    with pytest.raises(ValueError, match="at least 2 successful trials"):
+        search.param_importances(r, nas.conv_space())                        # trials of another space

@@ -17,7 +17,7 @@ returns NaN gives a "failed" trial (worst value); the search goes on.
 Strategies: grid_search, random_search, successive_halving, hyperband, evolution (regularized /
 aging), hill_climb (greedy), tree_search (MCTS over the sequence of decisions), and optuna_search
 (TPE, NSGA-II, random; Optuna's pruners; Optuna storages so several processes or machines share
-one study).
+one study); param_importances asks Optuna how much each decision mattered.
 
 The package, bottom to top: checks (bounds, argument checks) -> space -> trials (the log) ->
 runner (Runner, SearchResult) -> strategies -> objective, optuna_bridge, plots.
@@ -37,7 +37,7 @@ from .checks import (
                      check_metric,
 )
 from .objective import train_objective
-from .optuna_bridge import open_storage, optuna_search, study_result
+from .optuna_bridge import open_storage, optuna_search, param_importances, study_result
 from .plots import plot_best_so_far, plot_trials
 from .runner import Runner, SearchResult, check_runner, format_config
 from .space import (
@@ -72,7 +72,8 @@ __all__ = [
     "Param", "Runner", "SearchResult", "Trial", "TrialLog", "check_bool", "check_budget", "check_callable",
     "check_count", "check_metric", "check_runner", "check_search_name", "choice", "evolution",
     "float_range", "format_config", "grid", "grid_search", "hill_climb", "hyperband", "int_range",
-    "is_active", "jsonable", "mutate", "open_storage", "optuna_search", "plot_best_so_far", "plot_trials",
+    "is_active", "jsonable", "mutate", "open_storage", "optuna_search", "param_importances",
+    "plot_best_so_far", "plot_trials",
     "random_search", "repair", "rungs", "sample", "search_path", "strategy", "study_result",
     "successive_halving", "train_objective", "tree_search", "trial_key", "validate_space", "values",
 ]
