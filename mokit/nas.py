@@ -15,6 +15,7 @@ batchnorm, global_pool) so every strategy of mokit.search works on it unchanged.
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from torch import nn
@@ -192,12 +193,15 @@ def mutate_arch(space: dict, config: dict, rng: random.Random) -> dict:
 # 3. Costs and constraints (no training needed)
 # ---------------------------------------------------------------------------------------------
 
-_COSTS: dict[tuple, dict] = {}
+COST_CACHE_SIZE = 4096     # architectures whose costs arch_cost keeps (least recently used dropped first)
+_COSTS: OrderedDict[tuple, dict] = OrderedDict()
 
 
 def arch_cost(config: dict, in_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10, *,
               latency: bool = False, repeats: int = 20) -> dict:
-    """{"params", "macs"(, "latency_ms": median ms per example at batch 1)} of the built model."""
+    """{"params", "macs"(, "latency_ms": median ms per example at batch 1)} of the built model.
+
+    Costs are cached per (config, in_shape, num_classes, latency), at most COST_CACHE_SIZE of them."""
     from .metrics import count_macs, count_params, measure_latency
 
     if type(latency).__name__ not in ("bool", "bool_"):
@@ -206,12 +210,16 @@ def arch_cost(config: dict, in_shape: Sequence[int] = (1, 28, 28), num_classes: 
     in_shape, num_classes = _shape_and_classes(in_shape, num_classes)
 
     key = (search.trial_key(config, 1), tuple(in_shape), num_classes, latency)
-    if key not in _COSTS:
+    if key in _COSTS:
+        _COSTS.move_to_end(key)                       # recently used: dropped last
+    else:
         model = build(config, in_shape, num_classes)
         cost = {"params": count_params(model), "macs": count_macs(model, in_shape)}
         if latency:
             cost["latency_ms"] = measure_latency(model, in_shape, batch_size=1, repeats=repeats)["ms"]
         _COSTS[key] = cost
+        while len(_COSTS) > COST_CACHE_SIZE:          # bounded: a long search does not grow it forever
+            _COSTS.popitem(last=False)
     return dict(_COSTS[key])
 
 

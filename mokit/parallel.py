@@ -5,6 +5,7 @@ run by several worker processes sharing one Optuna storage. Every helper starts 
     out["state"], out["examples_per_s"]                       # rank 0's parameters, throughput
     out = pipeline_run(model, x, split=[4], micro_batches=8)  # stage s in process s, send/recv
     out["output"], bubble_fraction(out["timeline"]), bubble_formula(2, 8)
+    plot_timeline(pipeline_schedule(4, 8), unit="forward steps")  # the ideal GPipe schedule, computed
     y = pipelining_run(model, x, split=[4], micro_batches=8)  # the same via torch.distributed.pipelining
     result = distributed_search("runs/demo.log", workers=2, n_trials=6)
 
@@ -187,22 +188,25 @@ def _ddp_worker(rank: int, world_size: int, backend: str, model: nn.Module, x: t
     ddp = nn.parallel.DistributedDataParallel(model, device_ids=[rank] if device.type == "cuda" else None)
     opt = torch.optim.SGD(ddp.parameters(), lr=lr, momentum=momentum)
     per = batch_size // world_size
-    losses, t0 = [], 0.0
+    losses, t0, ends = [], 0.0, []
     for step, idx in enumerate(global_batches(len(y), batch_size, steps, seed)):
         if step == 1:                                  # step 0 is the warm-up: time the rest
             device_clock(device)                       # finish step 0's kernels first
             dist.barrier()
             t0 = time.perf_counter()
+        elif step > 1:
+            ends.append(device_clock(device))          # the end of the step before
         mine = idx[rank * per:(rank + 1) * per].to(device)   # this rank's slice of the global batch
         loss = F.cross_entropy(ddp(x[mine]), y[mine])
         opt.zero_grad()
         loss.backward()                                # DDP all-reduces (averages) gradients here
         opt.step()
         losses.append(loss.detach())
-    device_clock(device)
+    ends.append(device_clock(device))
     dist.barrier()
     seconds = time.perf_counter() - t0
-    out = {"seconds": seconds, "examples_per_s": (steps - 1) * batch_size / seconds,
+    step_seconds = torch.diff(torch.tensor([t0, *ends], dtype=torch.float64))
+    out = {"seconds": seconds, "examples_per_s": (steps - 1) * batch_size / seconds, "step_seconds": step_seconds,
            "losses": torch.stack(losses).cpu(), "device": str(device)}
     if rank == 0:
         out["state"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -215,7 +219,8 @@ def ddp_train(model: nn.Module, data, *, world_size: int, steps: int = 20, batch
     """Train a copy of `model` with DDP in `world_size` processes, batch_size / world_size each.
 
     data: a TensorData (or an (x, y) pair). Returns rank 0's final `state`, `seconds` of steps 2..k,
-    `examples_per_s` = (steps - 1) * batch_size / seconds, every rank's `losses`, and the `backend`
+    `examples_per_s` = (steps - 1) * batch_size / seconds, rank 0's `step_seconds` (one per timed
+    step, its end to the last one's: the spread is the run's timing noise), every rank's `losses`, and the `backend`
     and rank 0's `device` it ran with (compare runs of different sizes only with the same ones:
     pass one backend to all of them, e.g. backend=pick_backend(largest world_size)).
     """
@@ -228,7 +233,8 @@ def ddp_train(model: nn.Module, data, *, world_size: int, steps: int = 20, batch
     outs = launch(_ddp_worker, world_size, (_cpu_copy(model), x.cpu(), y.cpu(), steps, batch_size, lr, momentum,
                                             seed), backend=backend, threads=threads, start_method=start_method)
     return {"state": outs[0]["state"], "seconds": outs[0]["seconds"],
-            "examples_per_s": outs[0]["examples_per_s"], "losses": [o["losses"] for o in outs],
+            "examples_per_s": outs[0]["examples_per_s"], "step_seconds": outs[0]["step_seconds"],
+            "losses": [o["losses"] for o in outs],
             "world_size": world_size, "threads": threads, "backend": backend, "device": outs[0]["device"]}
 
 
@@ -359,19 +365,64 @@ def bubble_fraction(timeline: Sequence[dict]) -> float:
     return 1.0 - busy / (stages * span)
 
 
-def plot_timeline(timeline: Sequence[dict], *, title: str = "pipeline timeline"):
-    """One row per stage, one bar per micro-batch (start..end, ms); the gaps are the bubble."""
+def pipeline_schedule(stages: int, micro_batches: int, *, forward: float = 1.0,
+                      backward: float | None = 2.0) -> list[dict]:
+    """The ideal GPipe timeline, computed (no processes): every forward, then every backward.
+
+    Stage s runs forward F(m) once it finished F(m-1) and stage s-1 finished F(m); after the last
+    forward, backward B(m) runs from the last stage down: once stage s finished B(m-1) (and its
+    forwards) and stage s+1 finished B(m). Micro-batches go in order 0..M-1, as in torch's
+    ScheduleGPipe. Each stage takes `forward` per forward and `backward` per backward (None: an
+    inference pipeline, forwards only). Rows: {stage, micro, phase "F" | "B", start, end}. With equal
+    stages every stage is busy M (f + b) of (M + S - 1)(f + b): the bubble is (S - 1) / (M + S - 1).
+    """
+    S = validate.integer("stages", stages, low=1, high=64, what="pipeline stages")
+    M = validate.integer("micro_batches", micro_batches, low=1, high=1024)
+    f = validate.number("forward", forward, low=0, low_open=True, what="time of one forward per stage")
+    b = None if backward is None else validate.number("backward", backward, low=0, low_open=True,
+                                                      what="time of one backward per stage, or None")
+    done = [0.0] * S                                   # when each stage is next free
+    fwd = [[0.0] * M for _ in range(S)]                # end of F(m) on stage s
+    rows = []
+    for m in range(M):
+        for s in range(S):
+            start = max(done[s], fwd[s - 1][m] if s else 0.0)
+            fwd[s][m] = done[s] = start + f
+            rows.append({"stage": s, "micro": m, "phase": "F", "start": start, "end": start + f})
+    if b is not None:
+        last_forward = max(done)                       # GPipe: backward starts after every forward
+        bwd = [[0.0] * M for _ in range(S)]
+        for m in range(M):
+            for s in reversed(range(S)):
+                start = max(done[s], bwd[s + 1][m] if s < S - 1 else last_forward)
+                bwd[s][m] = done[s] = start + b
+                rows.append({"stage": s, "micro": m, "phase": "B", "start": start, "end": start + b})
+    return sorted(rows, key=lambda r: (r["start"], r["stage"]))
+
+
+def plot_timeline(timeline: Sequence[dict], *, title: str = "pipeline timeline", unit: str = "ms"):
+    """One row per stage, one bar per micro-batch (start..end, seconds shown in ms); the gaps are the
+    bubble. Rows with a "phase" ("F" / "B", from pipeline_schedule) are labelled F3 / B3, backward
+    bars hatched. unit: "ms" (timelines in seconds) or a label for abstract times ("forward steps")."""
     import matplotlib.pyplot as plt
 
     stages = sorted({t["stage"] for t in timeline})
     micros = max(t["micro"] for t in timeline) + 1
+    scale = 1e3 if unit == "ms" else 1.0
     colors = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(7, 0.7 + 0.6 * len(stages)))
+    groups: dict = {}                                  # one bar collection per (stage, phase): fast with many bars
     for t in timeline:
-        x, w = 1e3 * t["start"], 1e3 * (t["end"] - t["start"])
-        ax.broken_barh([(x, w)], (t["stage"] - 0.4, 0.8), color=colors(t["micro"] % 10))
-        ax.text(x + w / 2, t["stage"], str(t["micro"]), ha="center", va="center", fontsize=7)
-    ax.set(yticks=stages, yticklabels=[f"stage {s}" for s in stages], xlabel="time (ms)",
+        groups.setdefault((t["stage"], t.get("phase", "")), []).append(t)
+    for (stage, phase), rows in groups.items():
+        ax.broken_barh([(scale * t["start"], scale * (t["end"] - t["start"])) for t in rows], (stage - 0.4, 0.8),
+                       facecolors=[colors(t["micro"] % 10) for t in rows], edgecolor="white",
+                       hatch="///" if phase == "B" else None, alpha=0.7 if phase == "B" else 1.0)
+    if len(timeline) <= 128:                           # labels while they still fit
+        for t in timeline:
+            x, w = scale * t["start"], scale * (t["end"] - t["start"])
+            ax.text(x + w / 2, t["stage"], f"{t.get('phase', '')}{t['micro']}", ha="center", va="center", fontsize=7)
+    ax.set(yticks=stages, yticklabels=[f"stage {s}" for s in stages], xlabel=f"time ({unit})",
            title=f"{title} ({micros} micro-batches)")
     ax.invert_yaxis()
     fig.tight_layout()

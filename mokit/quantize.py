@@ -263,18 +263,59 @@ def _check_linear_args(x_q, w_q, bias, out_scale, out_zero_point) -> tuple[float
             validate.integer("out_zero_point", out_zero_point, low=0, high=255))
 
 
+def fixed_point_multiplier(multiplier, bits: int = 31) -> tuple[torch.Tensor, torch.Tensor]:
+    """(m0, shift), integers with multiplier ~= m0 * 2^-shift and m0 in [2^(bits-1), 2^bits).
+
+    The int8 rescale M = s_x s_w / s_y as a fixed-point number: M = M0 * 2^-n with M0 in [0.5, 1)
+    stored as the integer m0 = round(M0 * 2^bits) (Q31 for bits=31, gemmlowp's choice), so that
+    a kernel rescales with one integer multiply and one shift. Relative error <= 2^-bits.
+    multiplier: a positive finite number or tensor (one per output channel) below 2^bits.
+    """
+    bits = validate.integer("bits", bits, low=2, high=31, what="bits of the fixed-point mantissa")
+    m = torch.as_tensor(multiplier, dtype=torch.float64)
+    if m.numel() == 0 or not bool(torch.isfinite(m).all()) or bool((m <= 0).any()) or bool((m >= 2.0 ** bits).any()):
+        raise ValueError(f"multiplier must be finite, > 0 and < 2^{bits}, got {multiplier!r}")
+    mantissa, exponent = torch.frexp(m)                                 # m = mantissa * 2^exponent, [0.5, 1)
+    m0 = torch.round(mantissa * 2.0 ** bits).long()
+    carry = m0 == 2 ** bits                                             # the mantissa rounded up to 1.0
+    m0, exponent = torch.where(carry, m0 // 2, m0), exponent.long() + carry.long()
+    return m0, bits - exponent
+
+
+def rescale_fixed_point(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """round(acc * m0 * 2^-shift) in integers only: (acc * m0 + 2^(shift-1)) >> shift (half rounds up).
+
+    acc: integer accumulators (..., O) within int32, as a kernel holds them; m0, shift from
+    fixed_point_multiplier (scalars or one per output channel O). The product fits int64.
+    """
+    if acc.dtype.is_floating_point:
+        if not bool(torch.isfinite(acc).all()) or not torch.equal(acc, acc.round()):
+            raise ValueError("acc must hold integers (a float accumulator must be integer-valued)")
+        acc = acc.long()
+    acc = acc.long()
+    if acc.numel() and int(acc.abs().max()) >= 2 ** 31:
+        raise ValueError(f"acc must fit an int32 accumulator, got |acc| up to {int(acc.abs().max())}")
+    m0, shift = torch.as_tensor(m0).long().to(acc.device), torch.as_tensor(shift).long().to(acc.device)
+    if bool((shift < 1).any()) or bool((shift > 62).any()):
+        raise ValueError(f"shift must be in [1, 62], got {shift.tolist()}")
+    return (acc * m0 + (1 << (shift - 1))) >> shift
+
+
 def int8_linear(x_q: QTensor, w_q: QTensor, bias: torch.Tensor | None, out_scale: float,
-                out_zero_point: int) -> torch.Tensor:
+                out_zero_point: int, *, fixed_point: bool = False) -> torch.Tensor:
     """A quantized linear layer in integer arithmetic (uint8 activations, int8 weights).
 
     acc[n, o] = sum_i (qx[n, i] - zx) * (qw[o, i] - zw[o]) + round(bias[o] / (sx * sw[o]))   (int32)
-    qy = clamp(round(acc * sx * sw[o] / sy) + zy, 0, 255)                                   (uint8)
+    qy = clamp(round(acc * M[o]) + zy, 0, 255),  M[o] = sx * sw[o] / sy                     (uint8)
 
+    fixed_point=False rescales with M in float64; True as integer kernels do, M = m0 * 2^-shift
+    (fixed_point_multiplier, rescale_fixed_point): no float operation after the scales are set.
     Runs on the inputs' device. The accumulator is int64 on the CPU; GPUs have no integer matrix
     product in PyTorch, so there it is float64, which is still exact: every partial sum is an
     integer far below 2^53 (|term| <= 255 * 255, so up to 2^37 terms).
     """
     out_scale, out_zero_point = _check_linear_args(x_q, w_q, bias, out_scale, out_zero_point)
+    fixed_point = _flag("fixed_point", fixed_point)
     sw = w_q.scale if w_q.scale.dim() else w_q.scale.expand(w_q.q.shape[0])
     zw = w_q.zero_point if w_q.zero_point.dim() else w_q.zero_point.expand(w_q.q.shape[0])
     acc_dtype = torch.int64 if x_q.q.device.type == "cpu" else torch.float64
@@ -283,8 +324,12 @@ def int8_linear(x_q: QTensor, w_q: QTensor, bias: torch.Tensor | None, out_scale
     acc = xi @ wi.T                                                     # (N, O) exact integers
     if bias is not None:
         acc = acc + torch.round(bias / (x_q.scale * sw)).to(acc_dtype)
-    multiplier = (x_q.scale * sw / out_scale).double()                  # the one float rescale
-    return (torch.round(acc.double() * multiplier) + out_zero_point).clamp(0, 255).to(torch.int32)
+    multiplier = (x_q.scale * sw / out_scale).double()                  # M, one per output channel
+    if fixed_point:
+        y = rescale_fixed_point(acc, *fixed_point_multiplier(multiplier.cpu()))
+    else:
+        y = torch.round(acc.double() * multiplier)                      # the one float rescale
+    return (y + out_zero_point).clamp(0, 255).to(torch.int32)
 
 
 # The engine of the reference kernel. qnnpack accumulates u8 x s8 products in int32 straight away, so

@@ -106,51 +106,81 @@ def seed_everything(seed: int) -> None:
 # Optimizers and schedules: dispatch tables, not if-chains
 # ---------------------------------------------------------------------------------------------
 
+class OptimizerFactory:
+    """A registry entry's optimizer: make(params, lr, weight_decay=None, **kw) -> torch.optim.Optimizer.
+
+    weight_decay: this optimizer's own default, used when none is given (an explicit 0 stays 0).
+    takes: the keywords it accepts besides lr and weight_decay (train's momentum= and optimizer_kw=).
+    """
+
+    def __init__(self, build: Callable[..., torch.optim.Optimizer], *, weight_decay: float = 0.0,
+                 takes: tuple[str, ...] = ()):
+        self.build, self.weight_decay, self.takes = build, weight_decay, tuple(takes)
+
+    def __call__(self, params, lr: float, weight_decay: float | None = None, **kw) -> torch.optim.Optimizer:
+        bad = [k for k in kw if k not in self.takes]
+        if bad:
+            raise ValueError(f"this optimizer takes no {bad[0]}=; it takes {_takes_text(self)}")
+        return self.build(params, lr=lr, weight_decay=self.weight_decay if weight_decay is None else weight_decay,
+                          **kw)
+
+    def __repr__(self) -> str:
+        return f"OptimizerFactory(weight_decay={self.weight_decay}, takes={self.takes})"
+
+
+def _takes_text(make: OptimizerFactory) -> str:
+    return ", ".join(f"{k}=" for k in ("lr", "weight_decay", *make.takes))
+
+
 def _sgd(momentum: float = 0.0, nesterov: bool = False):
-    def make(params, lr, weight_decay, **kw):
-        return torch.optim.SGD(params, lr=lr, momentum=kw.get("momentum", momentum),
-                               nesterov=nesterov, weight_decay=weight_decay)
-    return make
+    def build(params, lr, weight_decay, momentum=momentum, dampening=0.0):
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                               weight_decay=weight_decay)
+    return build
 
 
 def _split_sgd(momentum: float = 0.85, bias_scale: float = 64.0):
     """Nesterov SGD where biases and BatchNorm shifts (1-D tensors) get `bias_scale` x the lr and
     1/bias_scale x the weight decay, so their step lr * weight_decay is the same as the weights' (airbench)."""
-    def make(params, lr, weight_decay, **kw):
+    def build(params, lr, weight_decay, momentum=momentum):
         params = [p for p in params if p.requires_grad]
         flat, rest = [p for p in params if p.ndim < 2], [p for p in params if p.ndim >= 2]
         groups = [dict(params=rest, lr=lr, weight_decay=weight_decay),
                   dict(params=flat, lr=lr * bias_scale, weight_decay=weight_decay / bias_scale)]
-        return torch.optim.SGD([g for g in groups if g["params"]], lr=lr,
-                               momentum=kw.get("momentum", momentum), nesterov=True)
-    return make
+        return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum, nesterov=True)
+    return build
 
 
 def _adam(params, lr, weight_decay, **kw):
     """Adam, fused into one kernel where the device supports it (CUDA)."""
     params = list(params)
     fused = bool(params) and all(p.is_cuda for p in params)
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None, **kw)
 
 
-# name -> (factory(params, lr, weight_decay, **kw), default learning rate)
-OPTIMIZERS: dict[str, tuple[Callable, float]] = {
-    "gd": (_sgd(), 0.5),                       # full-batch gradient descent: one step per epoch
-    "sgd": (_sgd(), 0.1),
-    "momentum": (_sgd(0.9), 0.05),
-    "nesterov": (_sgd(0.9, nesterov=True), 0.05),
-    "adagrad": (lambda p, lr, weight_decay, **kw: torch.optim.Adagrad(p, lr=lr, weight_decay=weight_decay), 0.05),
-    "rmsprop": (lambda p, lr, weight_decay, **kw: torch.optim.RMSprop(p, lr=lr, weight_decay=weight_decay), 1e-3),
-    "adam": (_adam, 1e-3),
-    "adamw": (lambda p, lr, weight_decay, **kw: torch.optim.AdamW(p, lr=lr, weight_decay=weight_decay), 1e-3),
-    "nesterov_split": (_split_sgd(), 0.75),   # biases / BN shifts at 64x the lr (the fast CIFAR recipe)
+_SGD_KW = ("momentum", "dampening")
+_ADAM_KW = ("betas", "eps", "amsgrad")
+# name -> (make(params, lr, weight_decay=None, **kw), default learning rate); each entry's own
+# default weight decay and extra keywords are in its OptimizerFactory
+OPTIMIZERS: dict[str, tuple[OptimizerFactory, float]] = {
+    "gd": (OptimizerFactory(_sgd(), takes=_SGD_KW), 0.5),   # full-batch gradient descent: one step per epoch
+    "sgd": (OptimizerFactory(_sgd(), takes=_SGD_KW), 0.1),
+    "momentum": (OptimizerFactory(_sgd(0.9), takes=_SGD_KW), 0.05),
+    "nesterov": (OptimizerFactory(_sgd(0.9, nesterov=True), takes=("momentum",)), 0.05),
+    "adagrad": (OptimizerFactory(torch.optim.Adagrad, takes=("lr_decay", "eps", "initial_accumulator_value")), 0.05),
+    "rmsprop": (OptimizerFactory(torch.optim.RMSprop, takes=("alpha", "eps", "centered")), 1e-3),
+    "adam": (OptimizerFactory(_adam, takes=_ADAM_KW), 1e-3),
+    "adamw": (OptimizerFactory(torch.optim.AdamW, weight_decay=0.01, takes=_ADAM_KW), 1e-3),   # AdamW's usual 0.01
+    "nesterov_split": (OptimizerFactory(_split_sgd(), takes=("momentum",)), 0.75),  # biases / BN shifts at 64x the lr
 }
-# the weight decay train() uses when none is given (AdamW's usual 0.01; an explicit 0 stays 0)
-DEFAULT_WEIGHT_DECAY: dict[str, float] = {"adamw": 0.01}
-# the SGD family takes momentum= (in [0, 1); Nesterov needs it > 0); the others take only lr and weight_decay
-MOMENTUM_OPTIMIZERS = ("gd", "sgd", "momentum", "nesterov", "nesterov_split")
+# the weight decay train() uses when none is given, by optimizer (read from the entries above)
+DEFAULT_WEIGHT_DECAY: dict[str, float] = {n: m.weight_decay for n, (m, _) in OPTIMIZERS.items() if m.weight_decay}
+# the optimizers that take momentum= (in [0, 1); Nesterov needs it > 0)
+MOMENTUM_OPTIMIZERS = tuple(n for n, (m, _) in OPTIMIZERS.items() if "momentum" in m.takes)
 MAX_STEP_SIZE = 1e6     # the largest lr / weight decay accepted: beyond it training only diverges or overflows
 _NESTEROV = ("nesterov", "nesterov_split")
+# train()'s arguments that a callable optimizer factory sets itself
+_FACTORY_SETS = ("lr", "weight_decay", "momentum", "optimizer_kw")
 
 
 def warmup_cosine(t: float, warmup: float = 0.1) -> float:
@@ -348,10 +378,11 @@ def check_freeze(model: nn.Module, freeze) -> dict[str, float] | None:
     return checked
 
 
-def train(model: nn.Module, data: TensorData | Iterable, *, epochs: int = 5, optimizer: str = "adam",
+def train(model: nn.Module, data: TensorData | Iterable, *, epochs: int = 5,
+          optimizer: str | Callable[..., torch.optim.Optimizer] = "adam",
           lr: float | None = None, schedule: str | Callable[[float], float] = "cosine",
           batch_size: int = 128, weight_decay: float | None = None, momentum: float | None = None,
-          loss_fn: Callable = cross_entropy, label_smoothing: float = 0.0, on_step: Callable | None = None,
+          optimizer_kw: dict | None = None, loss_fn: Callable = cross_entropy, label_smoothing: float = 0.0, on_step: Callable | None = None,
           val_data: TensorData | None = None, augment: bool | str = False, lookahead: bool = False,
           freeze: dict[str, float] | None = None, precision: str = "fp32", channels_last: bool | None = None, seed: int = 0,
           device: str | torch.device | None = None, progress: bool = True) -> History:
@@ -360,8 +391,14 @@ def train(model: nn.Module, data: TensorData | Iterable, *, epochs: int = 5, opt
     data: a TensorData (batched here with `batch_size`, shuffled with `seed`) or a re-iterable of
     (x, y) batches with a len() (a list, Batches, CachedTeacher). The lr at progress t is
     lr * schedule(t); "gd" uses the whole set as one batch.
-    weight_decay: None = the optimizer's usual one (0, AdamW 0.01); a number, 0 included, is used as is.
-    momentum: only for the SGD family (MOMENTUM_OPTIMIZERS), in [0, 1) (Nesterov: (0, 1)).
+    optimizer: a name in OPTIMIZERS, or a factory `params -> torch.optim.Optimizer` that sets its own
+    lr and keywords (`torch.optim.Adam`, `functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)`,
+    `lambda p: torch.optim.AdamW(p, lr=3e-4, betas=(0.9, 0.95))`); the schedule then scales its lr,
+    and lr / weight_decay / momentum / optimizer_kw must be left unset.
+    weight_decay: None = the entry's own default (0, AdamW 0.01); a number, 0 included, is used as is.
+    momentum: only for the optimizers that take it (MOMENTUM_OPTIMIZERS), in [0, 1) (Nesterov: (0, 1)).
+    optimizer_kw: further keywords of the named optimizer ({"betas": (0.9, 0.95)} for Adam); one it
+    does not take is refused, naming what it takes (OPTIMIZERS[name][0].takes).
     precision: 'fp32' | 'bf16' | 'fp16' | 'auto' (autocast; fp16 with a GradScaler, GPU only).
     channels_last: None = NHWC for conv nets on CPU / CUDA (measured faster), True / False to force.
     label_smoothing: the default loss's target smoothing ε (targets (1-ε)·onehot + ε/K).
@@ -373,7 +410,6 @@ def train(model: nn.Module, data: TensorData | Iterable, *, epochs: int = 5, opt
     # 1. validate everything before any work
     a = check_train_args(**locals())
     epochs, batch_size, lr, seed = a["epochs"], a["batch_size"], a["lr"], a["seed"]
-    make_opt = OPTIMIZERS[optimizer][0]
     sched = _lookup(SCHEDULES, schedule, "schedule")
     precision, device, label_smoothing = a["precision"], a["device"], a["label_smoothing"]
 
@@ -390,8 +426,13 @@ def train(model: nn.Module, data: TensorData | Iterable, *, epochs: int = 5, opt
     if label_smoothing:
         def loss_fn(out, y, x=None):                         # noqa: F811 - the smoothed default
             return F.cross_entropy(out, y, label_smoothing=label_smoothing)
-    kw = {} if a["momentum"] is None else {"momentum": a["momentum"]}
-    opt = make_opt(model.parameters(), lr=lr, weight_decay=a["weight_decay"], **kw)
+    if isinstance(optimizer, str):
+        opt = OPTIMIZERS[optimizer][0](model.parameters(), lr=lr, weight_decay=a["weight_decay"], **a["optimizer_kw"])
+    else:
+        opt = optimizer(model.parameters())
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(f"the optimizer factory must return a torch.optim.Optimizer, got {type(opt).__name__}")
+        lr = opt.param_groups[0]["lr"]
     steps_per_epoch = len(batches)
     total = epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: sched(min(s / total, 1.0)))
@@ -531,23 +572,10 @@ def check_train_args(model: nn.Module, data, **train_kw) -> dict:
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     a["epochs"] = validate.integer("epochs", a["epochs"], low=1, what="passes over the data")
     a["batch_size"] = validate.integer("batch_size", a["batch_size"], low=1)
-    optimizer = a["optimizer"]
-    _, default_lr = _lookup(OPTIMIZERS, optimizer, "optimizer")
+    _check_optimizer(a)
     sched = _lookup(SCHEDULES, a["schedule"], "schedule")
     for t in (0.0, 0.5, 0.999):                      # a callable schedule must give usable multipliers
         validate.number(f"schedule({t})", sched(t), low=0, what="the lr multiplier at that progress")
-    a["lr"] = validate.number("lr", default_lr if a["lr"] is None else a["lr"], low=0, high=MAX_STEP_SIZE,
-                              low_open=True, what="larger ones only diverge, or overflow float32")
-    wd = a["weight_decay"]
-    a["weight_decay"] = DEFAULT_WEIGHT_DECAY.get(optimizer, 0.0) if wd is None else \
-        validate.number("weight_decay", wd, low=0, high=MAX_STEP_SIZE, what="larger ones only diverge")
-    if a["momentum"] is not None:
-        if optimizer not in MOMENTUM_OPTIMIZERS:
-            raise ValueError(f"optimizer {optimizer!r} takes no momentum= (it takes lr= and weight_decay=; "
-                             f"Adam-type optimizers keep their own running averages); momentum applies to "
-                             f"{', '.join(MOMENTUM_OPTIMIZERS)}; got momentum={a['momentum']!r}")
-        a["momentum"] = validate.number("momentum", a["momentum"], low=0, high=1, low_open=optimizer in _NESTEROV,
-                                        high_open=True, what=f"for {optimizer!r}")
     if not callable(a["loss_fn"]):
         raise TypeError(f"loss_fn must be a callable (output, y, x) -> loss, got {a['loss_fn']!r}")
     a["label_smoothing"] = validate.number("label_smoothing", a["label_smoothing"], low=0, high=1, high_open=True)
@@ -568,6 +596,52 @@ def check_train_args(model: nn.Module, data, **train_kw) -> dict:
         check_data(a["val_data"], "val_data")
         check_input_shape(model, a["val_data"])
     return a
+
+
+def _check_optimizer(a: dict) -> None:
+    """train()'s optimizer, lr, weight_decay, momentum and optimizer_kw, checked and filled in (in `a`)."""
+    optimizer = a["optimizer"]
+    if isinstance(optimizer, OptimizerFactory):
+        name = next((n for n, (m, _) in OPTIMIZERS.items() if m is optimizer), None)
+        raise ValueError(f"optimizer: a registry entry's factory takes (params, lr); pass its name "
+                         f"(optimizer={name!r}) or a factory params -> torch.optim.Optimizer")
+    if callable(optimizer):                          # a factory params -> optimizer sets all of them itself
+        for k in _FACTORY_SETS:
+            if a[k] is not None:
+                raise ValueError(f"{k}= goes into your optimizer factory (optimizer={optimizer!r} sets it), "
+                                 f"not into train(); got {k}={a[k]!r}")
+        a["optimizer_kw"] = {}
+        return
+    make, default_lr = _lookup(OPTIMIZERS, optimizer, "optimizer")
+    a["lr"] = validate.number("lr", default_lr if a["lr"] is None else a["lr"], low=0, high=MAX_STEP_SIZE,
+                              low_open=True, what="larger ones only diverge, or overflow float32")
+    wd = a["weight_decay"]
+    a["weight_decay"] = make.weight_decay if wd is None else \
+        validate.number("weight_decay", wd, low=0, high=MAX_STEP_SIZE, what="larger ones only diverge")
+    kw = a["optimizer_kw"] or {}
+    if not isinstance(kw, dict) or not all(isinstance(k, str) for k in kw):
+        raise TypeError(f"optimizer_kw must be None or a dict of keyword -> value, got {kw!r}")
+    if a["momentum"] is not None:
+        if "momentum" in kw:
+            raise ValueError("momentum is given twice (momentum= and optimizer_kw['momentum']); give it once")
+        kw = {**kw, "momentum": a["momentum"]}
+    for k in kw:
+        if k in ("lr", "weight_decay"):
+            raise ValueError(f"optimizer_kw[{k!r}]: pass {k}= to train() itself")
+        if k not in make.takes:
+            users = [n for n, (m, _) in OPTIMIZERS.items() if k in m.takes]
+            where = f"{k}= applies to {', '.join(users)}" if users else f"no registered optimizer takes {k}="
+            raise ValueError(f"optimizer {optimizer!r} takes no {k}= (it takes {_takes_text(make)}); {where}; "
+                             f"got {k}={kw[k]!r}")
+    if "momentum" in kw:
+        kw["momentum"] = validate.number("momentum", kw["momentum"], low=0, high=1, low_open=optimizer in _NESTEROV,
+                                         high_open=True, what=f"for {optimizer!r}")
+        a["momentum"] = kw["momentum"]
+    try:                                             # the values too: torch checks them on a throwaway tensor
+        make([torch.zeros(2, 2, requires_grad=True)], lr=a["lr"], weight_decay=a["weight_decay"], **kw)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"optimizer {optimizer!r} refuses optimizer_kw={kw!r}: {e}") from None
+    a["optimizer_kw"] = kw
 
 
 def check_input_shape(model: nn.Module, data: TensorData) -> None:

@@ -235,3 +235,21 @@ def test_param_importances_bad_input():
         search.param_importances(failed, space)
     with pytest.raises(ValueError, match="at least 2 successful trials"):
         search.param_importances(r, nas.conv_space())                        # trials of another space
+
+
+def test_cost_cache_is_bounded_and_keeps_the_recently_used(monkeypatch):
+    monkeypatch.setattr(nas, "COST_CACHE_SIZE", 3)
+    monkeypatch.setattr(nas, "_COSTS", type(nas._COSTS)())
+    configs = [{"n_hidden": 1, "h0": w, "activation": "relu"} for w in (8, 16, 32, 64, 128)]
+    first = nas.arch_cost(configs[0])
+    for c in configs[1:3]:
+        nas.arch_cost(c)
+    assert nas.arch_cost(configs[0]) == first                       # a hit: now the most recently used
+    for c in configs[3:]:
+        nas.arch_cost(c)
+        assert len(nas._COSTS) <= 3
+    assert len(nas._COSTS) == 3
+    kept = {k[0] for k in nas._COSTS}
+    assert search.trial_key(configs[0], 1) in kept                  # used recently: kept
+    assert search.trial_key(configs[1], 1) not in kept              # least recently used: dropped
+    assert nas.arch_cost(configs[1])["params"] == count_params(nas.build(configs[1]))   # recomputed

@@ -25,6 +25,8 @@ def test_ddp_two_workers_match_one_process_full_batch(momentum):
     assert P.max_param_diff(out["state"], before) > 1e-3                 # it really trained
     assert P.max_param_diff(out["state"], ref.state_dict()) < 1e-5
     assert out["examples_per_s"] > 0 and len(out["losses"]) == 2
+    steps = out["step_seconds"]                                          # steps 2..3, timed one by one
+    assert len(steps) == 2 and (steps > 0).all() and float(steps.sum()) <= out["seconds"] + 1e-6
 
 
 def test_split_sequential_and_pipeline_equal_unsplit():
@@ -54,6 +56,55 @@ def test_bubble_formula_and_fraction_on_a_hand_made_timeline():
     # ideal 2-stage, 3-micro-batch schedule with unit stage time: span 4, busy 3 per stage
     tl = [{"stage": s, "micro": m, "start": float(s + m), "end": float(s + m + 1)} for s in range(2) for m in range(3)]
     assert P.bubble_fraction(tl) == pytest.approx(P.bubble_formula(2, 3))
+
+
+def test_pipeline_schedule_on_a_hand_made_case():
+    """2 stages, 3 micro-batches, forward 1 and backward 2: written out by hand."""
+    got = {(r["phase"], r["stage"], r["micro"]): (r["start"], r["end"]) for r in P.pipeline_schedule(2, 3)}
+    assert got == {("F", 0, 0): (0, 1), ("F", 0, 1): (1, 2), ("F", 0, 2): (2, 3),
+                   ("F", 1, 0): (1, 2), ("F", 1, 1): (2, 3), ("F", 1, 2): (3, 4),
+                   ("B", 1, 0): (4, 6), ("B", 1, 1): (6, 8), ("B", 1, 2): (8, 10),
+                   ("B", 0, 0): (6, 8), ("B", 0, 1): (8, 10), ("B", 0, 2): (10, 12)}
+
+
+@pytest.mark.parametrize("stages", [1, 2, 3, 5])
+@pytest.mark.parametrize("micro_batches", [1, 2, 7])
+@pytest.mark.parametrize("backward", [2.0, None])
+def test_pipeline_schedule_bubble_is_the_formula_and_dependencies_hold(stages, micro_batches, backward):
+    tl = P.pipeline_schedule(stages, micro_batches, forward=1.0, backward=backward)
+    assert P.bubble_fraction(tl) == pytest.approx(P.bubble_formula(stages, micro_batches))
+    at = {(r["phase"], r["stage"], r["micro"]): r for r in tl}
+    assert len(at) == len(tl) == stages * micro_batches * (1 if backward is None else 2)
+    for (phase, s, m), r in at.items():
+        before = ("F", s - 1, m) if phase == "F" else ("B", s + 1, m)   # the data it needs
+        if before in at:
+            assert r["start"] >= at[before]["end"]
+        if phase == "B":                                              # GPipe: all forwards first
+            assert r["start"] >= max(t["end"] for t in tl if t["phase"] == "F")
+    for s in range(stages):                                           # a stage does one thing at a time
+        mine = sorted((r["start"], r["end"]) for r in tl if r["stage"] == s)
+        assert all(a[1] <= b[0] for a, b in zip(mine, mine[1:]))
+
+
+def test_pipeline_schedule_bad_input_names_the_value():
+    with pytest.raises(ValueError, match="stages must be an integer in \\[1, 64\\].*got 0"):
+        P.pipeline_schedule(0, 4)
+    with pytest.raises(ValueError, match="micro_batches must be an integer .*got 2.5"):
+        P.pipeline_schedule(2, 2.5)
+    with pytest.raises(ValueError, match="backward must be a finite number > 0.*got -1"):
+        P.pipeline_schedule(2, 4, backward=-1)
+
+
+def test_plot_timeline_draws_the_schedule():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig = P.plot_timeline(P.pipeline_schedule(3, 4), unit="forward steps")
+    ax = fig.axes[0]
+    assert len(ax.collections) == 3 * 2 and ax.get_xlabel() == "time (forward steps)"   # one per stage and phase
+    assert sum(len(c.get_paths()) for c in ax.collections) == 3 * 4 * 2                # one bar per pass
+    assert {t.get_text() for t in ax.texts} == {f"{p}{m}" for p in "FB" for m in range(4)}
+    plt.close(fig)
 
 
 def test_distributed_search_two_workers_share_one_study(tmp_path, standin):

@@ -130,6 +130,52 @@ def test_int8_linear_matches_torch_quantized_linear():
     assert (Q.dequantize(ours, s_out, z_out) - y).abs().max() <= 2 * s_out
 
 
+@pytest.mark.parametrize("multiplier", [1e-6, 0.000123, 0.3, 0.5, 0.75, 1 - 1e-12, 1.0, 3.7, 1000.0])
+def test_fixed_point_multiplier_is_m0_times_a_power_of_two(multiplier):
+    m0, shift = Q.fixed_point_multiplier(multiplier)
+    assert 2 ** 30 <= int(m0) < 2 ** 31                                # M0 in [0.5, 1) as a Q31 integer
+    assert int(m0) * 2.0 ** -int(shift) == pytest.approx(multiplier, rel=2 ** -31)
+
+
+def test_rescale_fixed_point_matches_the_float_rescale():
+    torch.manual_seed(0)
+    acc = torch.randint(-2 ** 24, 2 ** 24, (64, 5))
+    multiplier = torch.tensor([1e-5, 3e-4, 0.01, 0.2, 0.9], dtype=torch.float64)
+    got = Q.rescale_fixed_point(acc, *Q.fixed_point_multiplier(multiplier))
+    exact = torch.floor(acc.double() * multiplier + 0.5).long()        # round half up, in float64
+    assert (got - exact).abs().max() <= 1 and (got == exact).float().mean() > 0.99
+    assert torch.equal(Q.rescale_fixed_point(torch.tensor([5, -5, 6]), torch.tensor(2 ** 30), torch.tensor(32)),
+                       torch.tensor([1, -1, 2]))                        # x / 4: 1.25, -1.25, 1.5 (half up)
+
+
+def test_int8_linear_fixed_point_equals_float_rescale_within_one_step():
+    torch.manual_seed(0)
+    x, w, b = torch.rand(32, 100), torch.randn(20, 100) * 0.1, torch.randn(20) * 0.1
+    xq, wq = Q.quantize_tensor(x, 8), Q.quantize_tensor(w, 8, symmetric=True, axis=0)
+    y = x @ w.T + b
+    s, z = Q.compute_qparams(y.min(), y.max(), 8)
+    floats = Q.int8_linear(xq, wq, b, float(s), int(z))
+    fixed = Q.int8_linear(xq, wq, b, float(s), int(z), fixed_point=True)
+    assert fixed.dtype == torch.int32 and (fixed - floats).abs().max() <= 1
+    with pytest.raises(TypeError, match="fixed_point must be True or False, got 'yes'"):
+        Q.int8_linear(xq, wq, b, float(s), int(z), fixed_point="yes")
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), 2.0 ** 31])
+def test_fixed_point_multiplier_refuses_bad_values(bad):
+    with pytest.raises(ValueError, match="multiplier must be finite, > 0 and < 2"):
+        Q.fixed_point_multiplier(bad)
+
+
+def test_rescale_fixed_point_refuses_what_an_int32_kernel_cannot_hold():
+    with pytest.raises(ValueError, match="acc must fit an int32 accumulator"):
+        Q.rescale_fixed_point(torch.tensor([2 ** 31]), torch.tensor(2 ** 30), torch.tensor(31))
+    with pytest.raises(ValueError, match="acc must hold integers"):
+        Q.rescale_fixed_point(torch.tensor([1.5]), torch.tensor(2 ** 30), torch.tensor(31))
+    with pytest.raises(ValueError, match=r"shift must be in \[1, 62\]"):
+        Q.rescale_fixed_point(torch.tensor([3]), torch.tensor(2 ** 30), torch.tensor(0))
+
+
 # ---------------------------------------------------------------------------------------------
 # Fake quantization, STE, QAT
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """mokit.search's argument checks: NaN, inf, bools, wrong types and unknown names are refused with a
 ValueError naming the argument, before any work (no objective call, no trial-log folder)."""
 
+import functools
 import math
 import random
 
@@ -199,3 +200,43 @@ def test_mutate_and_sample_still_take_any_random_generator():
     rng = random.Random(0)
     c = S.sample(TOY, rng)
     assert S.mutate(TOY, c, rng) != c and math.isfinite(c["x"])
+
+
+def _tiny_split():
+    import torch
+
+    from mokit.data import TensorData
+    g = torch.Generator().manual_seed(0)
+    data = TensorData(torch.randn(48, 1, 28, 28, generator=g), torch.randint(0, 10, (48,), generator=g),
+                      "mnist", "train", tuple(map(str, range(10))), real=False)
+    return data.split_off(16)
+
+
+def test_train_objective_refuses_config_keys_nobody_takes(monkeypatch):
+    import mokit.train
+    from mokit.models import create_model
+
+    trained = []
+    real_train = mokit.train.train
+    monkeypatch.setattr(mokit.train, "train", functools.wraps(real_train)(
+        lambda *a, **kw: trained.append(1) or real_train(*a, **kw)))
+    tr, val = _tiny_split()
+    obj = S.train_objective(lambda c: create_model("mlp", hidden=(c["width"],)), tr, val, device="cpu")
+    with pytest.raises(ValueError, match=r"config key 'lrr' .*neither train\(\) nor build.*did you mean 'lr'"):
+        obj({"width": 8, "lrr": 1e-2}, 1)
+    with pytest.raises(ValueError, match="config key 'depth'"):
+        obj({"width": 8, "depth": 3}, 1)                            # a decision with no effect
+    with pytest.raises(ValueError, match="config key 'seed'"):      # the objective sets the seed itself
+        obj({"width": 8, "seed": 1}, 1)
+    assert trained == []
+    assert 0 <= obj({"width": 8, "lr": 1e-2, "optimizer": "sgd", "momentum": 0.5}, 1)["val_acc"] <= 100
+    everything = S.train_objective(lambda c: create_model("mlp", hidden=(dict(c)["width"],)), tr, val, device="cpu")
+    assert "val_acc" in everything({"width": 8, "extra": 1}, 1)   # a builder that reads all of config takes all
+    assert len(trained) == 2
+
+
+def test_train_objective_refuses_fixed_train_kw_train_does_not_take():
+    tr, val = _tiny_split()
+    for bad in ({"lrr": 0.1}, {"epochs": 3}, {"progress": True}):
+        with pytest.raises(ValueError, match=f"cannot pass {next(iter(bad))!r} to train"):
+            S.train_objective(lambda c: None, tr, val, **bad)

@@ -236,3 +236,69 @@ def test_huge_step_sizes_are_refused_before_work(tr, kw):
     """float32 weights cannot take an lr beyond ~3.4e38 (a RuntimeError mid-step before); 1e6 is the cap."""
     model = _fresh()
     refused_before_work(lambda: T.train(model, tr, progress=False, **kw), model, r"must be a finite number in \(?\[?0")
+
+
+# --- optimizer factories and optimizer keywords -------------------------------------------------
+
+def test_an_optimizer_factory_trains_with_its_own_settings(tr):
+    import functools
+
+    seen = []
+    h = T.train(_fresh(), tr.subset(64), epochs=1, schedule="constant", progress=False,
+                optimizer=functools.partial(torch.optim.SGD, lr=0.03, momentum=0.7),
+                on_step=lambda m, info: seen.append(info.optimizer))
+    assert isinstance(seen[0], torch.optim.SGD) and seen[0].param_groups[0]["momentum"] == 0.7
+    assert h.epochs[0]["lr"] == 0.03 and math.isfinite(h.final["train_loss"])
+    h = T.train(_fresh(), tr.subset(64), epochs=1, optimizer=torch.optim.Adam, progress=False)   # a class is a factory
+    assert h.epochs[0]["lr"] == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("kw", [{"lr": 0.1}, {"weight_decay": 0.0}, {"momentum": 0.9}, {"optimizer_kw": {"eps": 1e-8}}],
+                         ids=str)
+def test_a_factory_sets_lr_and_keywords_itself(tr, kw):
+    model = _fresh()
+    refused_before_work(lambda: T.train(model, tr, optimizer=torch.optim.Adam, progress=False, **kw), model,
+                        f"{next(iter(kw))}= goes into your optimizer factory")
+
+
+def test_a_factory_that_returns_no_optimizer_is_refused_before_a_step(tr):
+    model = _fresh()
+    refused_before_work(lambda: T.train(model, tr, optimizer=lambda p: "sgd", progress=False), model,
+                        "must return a torch.optim.Optimizer")
+    refused_before_work(lambda: T.train(model, tr, optimizer=T.OPTIMIZERS["sgd"][0], progress=False), model,
+                        "pass its name \\(optimizer='sgd'\\)")
+
+
+@pytest.mark.parametrize("optimizer, kw, name", [
+    ("adam", {"momentum": 0.9}, "momentum"), ("sgd", {"optimizer_kw": {"betas": (0.9, 0.99)}}, "betas"),
+    ("rmsprop", {"optimizer_kw": {"amsgrad": True}}, "amsgrad"), ("adagrad", {"optimizer_kw": {"nope": 1}}, "nope"),
+    ("nesterov", {"optimizer_kw": {"dampening": 0.1}}, "dampening"),
+], ids=str)
+def test_a_keyword_the_optimizer_does_not_take_is_named(tr, optimizer, kw, name):
+    model = _fresh()
+    err = str(refused_before_work(lambda: T.train(model, tr, optimizer=optimizer, progress=False, **kw), model,
+                                  f"optimizer '{optimizer}' takes no {name}=", kinds=ValueError))
+    takes = T.OPTIMIZERS[optimizer][0].takes
+    assert "lr=" in err and "weight_decay=" in err and all(f"{k}=" in err for k in takes)
+
+
+def test_optimizer_keywords_reach_the_optimizer_and_bad_values_are_refused(tr):
+    assert _first_group(tr, "betas", optimizer="adamw", optimizer_kw={"betas": (0.8, 0.9)}) == (0.8, 0.9)
+    assert _first_group(tr, "alpha", optimizer="rmsprop", optimizer_kw={"alpha": 0.9}) == 0.9
+    assert _first_group(tr, "momentum", optimizer="sgd", optimizer_kw={"momentum": 0.4}) == 0.4
+    model = _fresh()
+    refused_before_work(lambda: T.train(model, tr, optimizer="adam", optimizer_kw={"betas": (2.0, 0.9)}), model,
+                        "optimizer 'adam' refuses optimizer_kw", kinds=ValueError)
+    refused_before_work(lambda: T.train(model, tr, optimizer="sgd", optimizer_kw={"momentum": -1}), model,
+                        "momentum must be", kinds=ValueError)
+    refused_before_work(lambda: T.train(model, tr, optimizer="sgd", momentum=0.5, optimizer_kw={"momentum": 0.4}),
+                        model, "momentum is given twice", kinds=ValueError)
+    refused_before_work(lambda: T.train(model, tr, optimizer_kw=["betas"]), model, "optimizer_kw must be")
+
+
+def test_adamw_weight_decay_is_its_registry_entrys_default():
+    make = T.OPTIMIZERS["adamw"][0]
+    assert make.weight_decay == 0.01 and T.DEFAULT_WEIGHT_DECAY == {"adamw": 0.01}
+    assert all(m.weight_decay == 0 for n, (m, _) in T.OPTIMIZERS.items() if n != "adamw")
+    assert make(_fresh().parameters(), lr=1e-3).param_groups[0]["weight_decay"] == 0.01
+    assert make(_fresh().parameters(), lr=1e-3, weight_decay=0).param_groups[0]["weight_decay"] == 0
