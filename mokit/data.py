@@ -627,19 +627,20 @@ def read_pack(path: str | os.PathLike) -> tuple[dict, dict[str, tuple[list[bytes
 
 
 def _decode_device(device) -> torch.device:
-    """Where to decode JPEGs: `device` if given; else CUDA when present (nvJPEG) unless MOKIT_DEVICE says otherwise."""
-    if device is not None:
-        return torch.device(device)
-    wanted = os.environ.get("MOKIT_DEVICE")
-    if wanted:
-        return torch.device(wanted) if torch.device(wanted).type == "cuda" else torch.device("cpu")
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """Where to decode JPEGs: `device` if given, else the CPU (libjpeg).
+
+    Not the GPU by default, measured on an H200 (benchmarks/gpu_check.py, 2026-12-04): nvJPEG decoded
+    CIFAR-10's test JPEGs slower than 16 CPU cores (15k vs 25k images/s) and not to the same pixels
+    (mean |diff| 1.2 levels, since its chroma upsampling differs from libjpeg's); a net trained on
+    nvJPEG-decoded images scored 0.4 to 0.7 points lower on libjpeg-decoded ones. One decoder everywhere
+    keeps checkpoints trained on a CPU valid on a GPU machine."""
+    return torch.device(device) if device is not None else torch.device("cpu")
 
 
 def decode_jpegs(files: list[bytes], shape: tuple[int, int, int], *, device=None, where: str = "",
                  chunk: int = 4096) -> torch.Tensor:
     """JPEG files' bytes -> uint8 (N, C, H, W) on the CPU, decoded in batches by torchvision.io.decode_jpeg
-    on `device` (default: CUDA when present, else the CPU); a CUDA decoder that fails falls back to the CPU."""
+    on `device` (default: the CPU, see _decode_device); a CUDA decoder that fails falls back to the CPU."""
     with warnings.catch_warnings():         # torchvision >= 0.29 points at TorchCodec; decode_jpeg still works
         warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities of TorchVision.*")
         from torchvision.io import ImageReadMode, decode_jpeg
