@@ -10,8 +10,8 @@
    slower than float32, so mokit uses torch.ao's kernels (see mokit/quantize.py).
    For the fast CIFAR net (issue 12): eager mode refuses it (global max-pool, logit scale), so FX graph
    mode (torch.ao, x86); int8 against channels_last fp32 (its fastest layout) and contiguous fp32.
-2. Runs notebooks/04_quantization.ipynb at its default settings with papermill (timed) and checks
-   every recorded number against the "full" bands (the issue's targets).
+2. Runs notebooks 04_quantization and 04b_low_bits at their default settings with papermill (timed) and
+   checks every recorded number against the "full" bands (the issue's targets).
 """
 
 from __future__ import annotations
@@ -89,17 +89,18 @@ def cifar_figures(rounds: int) -> None:
 def notebook_figures() -> None:
     import papermill as pm
 
-    src = ROOT / "notebooks" / "04_quantization.ipynb"
-    out = Path(tempfile.mkdtemp()) / src.name
-    start = time.perf_counter()
-    pm.execute_notebook(str(src), str(out), cwd=str(src.parent), kernel_name="python3", progress_bar=False)
-    seconds = time.perf_counter() - start
-    results = load_results(src.stem)
-    print(f"\n== notebook 04 at default settings: {seconds:.0f} s (executed copy: {out})")
-    for key in sorted(results):
-        print(f"   {key}: {results[key]}")
-    problems = check_bands(results, load_bands(src.stem, "full"))
-    print("   full bands: " + ("all hold" if not problems else "; ".join(problems)))
+    for stem in ("04_quantization", "04b_low_bits"):
+        src = ROOT / "notebooks" / f"{stem}.ipynb"
+        out = Path(tempfile.mkdtemp()) / src.name
+        start = time.perf_counter()
+        pm.execute_notebook(str(src), str(out), cwd=str(src.parent), kernel_name="python3", progress_bar=False)
+        seconds = time.perf_counter() - start
+        results = load_results(stem)
+        print(f"\n== notebook {stem} at default settings: {seconds:.0f} s (executed copy: {out})")
+        for key in sorted(results):
+            print(f"   {key}: {results[key]}")
+        problems = check_bands(results, load_bands(stem, "full"))
+        print("   full bands: " + ("all hold" if not problems else "; ".join(problems)))
 
 
 def main() -> None:

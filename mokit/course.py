@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from .data import atomic_write_bytes, runs_root
+from .files import course_notebooks
 from .report import write_report
 from .results import bands_for, check_bands, load_bands, load_results, results_path
 
@@ -31,7 +32,7 @@ print("mokit-course device:", "cuda" if _cuda else "cpu")"""
 
 def notebooks(prefixes: list[str] | None = None, folder: Path = NOTEBOOK_DIR) -> list[Path]:
     """The course notebooks in order, optionally only those whose names start with `prefixes`."""
-    found = sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))
+    found = course_notebooks(folder)
     if prefixes:
         names = [p.stem for p in found]
         found = [p for p in found if any(p.stem.startswith(x) for x in prefixes)]

@@ -27,6 +27,14 @@ from pathlib import Path
 _REPO = Path(__file__).resolve().parent.parent
 
 
+NOTEBOOK_NAME = re.compile(r"\d\d[a-z]?_\w+\.ipynb")     # 04_quantization.ipynb, 04b_low_bits.ipynb
+
+
+def course_notebooks(folder: str | os.PathLike) -> list[Path]:
+    """The course's notebooks in `folder`, in order: NN_name.ipynb, with NNb_name.ipynb right after NN."""
+    return sorted(p for p in Path(folder).glob("*.ipynb") if NOTEBOOK_NAME.fullmatch(p.name))
+
+
 def data_root() -> Path:
     """Folder where datasets are looked for ($MOKIT_DATA or <repo>/data)."""
     return Path(os.environ.get("MOKIT_DATA") or _REPO / "data").expanduser().resolve()

@@ -71,6 +71,20 @@ def accuracy(output: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * (pred.cpu() == y).float().mean().item()
 
 
+def noise_points(a: float, b: float, n: int) -> float:
+    """Twice the standard error of the gap between two accuracies a and b (in %) on n test examples.
+
+    The course's rule for "beyond noise": a gap larger than this is unlikely to be the test set's luck.
+
+    >>> round(noise_points(99.0, 98.0, 10_000), 3)
+    0.344
+    """
+    a = validate.number("a", a, low=0, high=100)
+    b = validate.number("b", b, low=0, high=100)
+    n = validate.integer("n", n, low=1)
+    return 2 * 100 * ((a / 100 * (1 - a / 100) + b / 100 * (1 - b / 100)) / n) ** 0.5
+
+
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int) -> torch.Tensor:
     """C[i, j] = number of examples of true class i predicted as class j; shape (K, K).
 

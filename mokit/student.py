@@ -30,6 +30,8 @@ from pathlib import Path
 
 import nbformat
 
+from .files import course_notebooks
+
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 REPO = Path(__file__).resolve().parent.parent
 CHECK_CALL = re.compile(r"check\.(\w+)\((\w+)\);?")
@@ -156,7 +158,7 @@ def verify(exercise: Exercise) -> tuple[list[str], str]:
 
 
 def notebooks(folder: Path) -> list[Path]:
-    return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    return course_notebooks(folder)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,9 +16,10 @@ import pytest
 from nbrun import run_notebook
 
 from mokit.data import list_datasets
+from mokit.files import course_notebooks
 from mokit.results import bands_for, check_bands, load_results, results_path
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = course_notebooks(Path(__file__).resolve().parent.parent / "notebooks")
 NO_DATASET_KNOB = {"00_setup_and_baselines"}          # takes DATASETS (a list), runs once
 CASES = [(p, d) for p in NOTEBOOKS for d in ([None] if p.stem in NO_DATASET_KNOB else list_datasets())]
 

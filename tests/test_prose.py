@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+from mokit.files import course_notebooks
+
+NOTEBOOKS = course_notebooks(Path(__file__).resolve().parent.parent / "notebooks")
 
 UNITS = {"%": "percent", "percent": "percent", "×": "times", "x": "times", "ms": "ms", "s": "s", "sec": "s",
          "second": "s", "seconds": "s", "min": "min", "minute": "min", "minutes": "min", "point": "points",
