@@ -232,6 +232,8 @@ RIGHT_AND_WRONG = {
     "bubble_fraction": (lambda s, m: (s - 1) / (m + s - 1), lambda s, m: (s - 1) / m),
     "all_reduce_mean": (_all_reduce, lambda grads: [list(w) for w in grads]),
     "validate_request": (_validate, lambda body, in_shape: torch.tensor(body["inputs"], dtype=torch.float32)),
+    "percentile": (lambda v, q: sorted(v)[int(q * (len(v) - 1))],
+                   lambda v, q: sorted(v)[int(q * len(v)) - 1]),         # an off-by-one position
 }
 
 
