@@ -20,9 +20,12 @@ $(STAMP): requirements.txt pyproject.toml
 lab: $(STAMP)
 	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks/
 
+# Tests run in parallel, one worker per core (pytest-xdist); JOBS=1 runs them in one process.
+JOBS ?= auto
+
 test: $(STAMP)
 	$(BIN)/ruff check mokit tests benchmarks
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(JOBS)
 
 course: $(STAMP)
 	$(BIN)/python -m mokit.course
