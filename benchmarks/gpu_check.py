@@ -466,7 +466,7 @@ def main(argv=None) -> int:
     else:
         name = platform.processor() or platform.machine()
     print(f"mokit gpu_check on {device} ({name}); torch {torch.__version__}, python {platform.python_version()}, "
-          f"{'QUICK ' if args.quick else ''}mode, data root {mdata.data_root()}", flush=True)
+          f"{'QUICK' if args.quick else 'full'} mode, data root {mdata.data_root()}", flush=True)
     t_start = time.perf_counter()
     checks = Checks()
     loaded = checks.run("data", check_data, args, device)

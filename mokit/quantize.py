@@ -360,23 +360,18 @@ def torch_int8_linear(x_q: QTensor, w_q: QTensor, bias: torch.Tensor | None, out
     x_q, w_q = _cpu_qtensor(x_q), _cpu_qtensor(w_q)
     bias = None if bias is None else bias.detach().float().cpu()
     w = w_q.dequantize()
-    previous = torch.backends.quantized.engine
-    with _quiet_ao():
-        torch.backends.quantized.engine = engine
-        try:
-            layer = torch.ao.nn.quantized.Linear(w.shape[1], w.shape[0])
-            if w_q.axis is None:
-                qw = torch.quantize_per_tensor(w, float(w_q.scale), int(w_q.zero_point), torch.qint8)
-            else:
-                qw = torch.quantize_per_channel(w, w_q.scale.double(), w_q.zero_point.long(), w_q.axis,
-                                                torch.qint8)
-            layer.set_weight_bias(qw, bias)
-            layer.scale, layer.zero_point = float(out_scale), int(out_zero_point)
-            x = x_q.dequantize()
-            qx = torch.quantize_per_tensor(x, float(x_q.scale), int(x_q.zero_point), torch.quint8)
-            return layer(qx).int_repr().to(torch.int32).to(device)
-        finally:
-            torch.backends.quantized.engine = previous
+    with _quiet_ao(), _engine(engine):
+        layer = torch.ao.nn.quantized.Linear(w.shape[1], w.shape[0])
+        if w_q.axis is None:
+            qw = torch.quantize_per_tensor(w, float(w_q.scale), int(w_q.zero_point), torch.qint8)
+        else:
+            qw = torch.quantize_per_channel(w, w_q.scale.double(), w_q.zero_point.long(), w_q.axis,
+                                            torch.qint8)
+        layer.set_weight_bias(qw, bias)
+        layer.scale, layer.zero_point = float(out_scale), int(out_zero_point)
+        x = x_q.dequantize()
+        qx = torch.quantize_per_tensor(x, float(x_q.scale), int(x_q.zero_point), torch.quint8)
+        return layer(qx).int_repr().to(torch.int32).to(device)
 
 
 def _cpu_qtensor(t: QTensor) -> QTensor:
@@ -727,6 +722,17 @@ def _quiet_ao():
         yield
 
 
+@contextmanager
+def _engine(engine: str):
+    """torch.backends.quantized.engine set to `engine` inside, and what it was restored after (even on error)."""
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
 def _check_int8_model(model: nn.Module) -> None:
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"quantize_int8 handles nn.Sequential models, got {type(model).__name__}")
@@ -778,8 +784,7 @@ def prepare_int8(model: nn.Module, *, engine: str = ENGINE) -> nn.Module:
     if engine not in torch.backends.quantized.supported_engines:
         raise ValueError(f"quantized engine {engine!r} is not available here; available: "
                          f"{', '.join(torch.backends.quantized.supported_engines)}")
-    with _quiet_ao():
-        torch.backends.quantized.engine = engine
+    with _quiet_ao(), _engine(engine):
         m = copy.deepcopy(model).cpu().eval()
         groups = _fusable(m)
         if groups:
@@ -787,6 +792,7 @@ def prepare_int8(model: nn.Module, *, engine: str = ENGINE) -> nn.Module:
         wrapped = tq.QuantWrapper(m)
         wrapped.qconfig = tq.get_default_qconfig(engine)
         tq.prepare(wrapped, inplace=True)
+    wrapped.mokit_engine = engine          # convert_int8 packs the weights for the same engine
     return wrapped
 
 
@@ -794,7 +800,7 @@ def convert_int8(prepared: nn.Module) -> nn.Module:
     """Swap observed float modules for int8 modules (weights per-channel int8, activations uint8)."""
     from torch.ao import quantization as tq
 
-    with _quiet_ao():
+    with _quiet_ao(), _engine(getattr(prepared, "mokit_engine", ENGINE)):
         return tq.convert(prepared.eval(), inplace=False)
 
 
@@ -844,8 +850,7 @@ def dynamic_int8(model: nn.Module) -> nn.Module:
     """Dynamic int8 (weights int8, activations quantized on the fly per batch): Linear layers only."""
     from torch.ao import quantization as tq
 
-    with _quiet_ao():
-        torch.backends.quantized.engine = ENGINE
+    with _quiet_ao(), _engine(ENGINE):
         return tq.quantize_dynamic(copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8)
 
 
@@ -935,9 +940,8 @@ def quantize_int8_fx(model: nn.Module, data, *, num_batches: int = 20, batch_siz
     first = next(batches, None)
     if first is None or len(first) == 0:
         raise ValueError("calibration data is empty: int8 activation ranges need at least one batch")
-    with _quiet_ao():
+    with _quiet_ao(), _engine(engine):
         warnings.filterwarnings("ignore", message=".*fx.*")
-        torch.backends.quantized.engine = engine
         float_model = copy.deepcopy(model).cpu().eval()
         prepared = prepare_fx(float_model, get_default_qconfig_mapping(engine), (first[:2].cpu(),))
         prepared(first.cpu())

@@ -1,8 +1,19 @@
 """One way to check arguments: every module says a bad value the same way, before any work starts.
 
-    number("lr", lr, low=0, low_open=True)        # a finite real > 0   (NaN, inf and bools refused)
-    integer("epochs", epochs, low=1)              # an integer >= 1     (True is not 1)
-    choice("precision", p, PRECISIONS)            # one of a table's names
+    >>> number("lr", 0.01, low=0, low_open=True)          # a finite real > 0
+    0.01
+    >>> integer("epochs", 3, low=1)                       # an integer >= 1
+    3
+    >>> choice("precision", "bf16", ["fp32", "bf16", "fp16"])
+    'bf16'
+    >>> number("lr", float("nan"), low=0, low_open=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: lr must be a finite number > 0, got nan
+    >>> integer("epochs", True, low=1)                    # True is not 1
+    Traceback (most recent call last):
+    ...
+    ValueError: epochs must be an integer >= 1, got True
 
 Each returns the value as a plain Python float / int / the table's entry, and raises ValueError naming
 the argument, the value and what is allowed. NumPy scalars count as numbers; bools never do.
