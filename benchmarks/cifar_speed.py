@@ -21,18 +21,16 @@ import torch.nn.functional as F
 
 from mokit import data, models
 from mokit.train import (
-    INITS,
     OPTIMIZERS,
-    RECIPES,
     SCHEDULES,
     autocast,
     evaluate,
     pick_device,
-    recipe_train_kw,
     resolve_precision,
     seed_everything,
     train,
 )
+from mokit.zoo import INITS, RECIPES, recipe_train_kw
 
 RECIPE = {k: v for k, v in RECIPES["cifar_net"].items() if k != "dataset"}
 TRAIN_KW = recipe_train_kw("cifar_net")

@@ -67,15 +67,13 @@ from mokit import data as mdata  # noqa: E402
 from mokit import distill, ensemble, metrics, nas, prune, quantize, search  # noqa: E402
 from mokit.models import create_model  # noqa: E402
 from mokit.train import (  # noqa: E402
-    INITS,
-    RECIPES,
     evaluate,
     pick_device,
-    recipe_train_kw,
     resolve_precision,
     seed_everything,
     train,
 )
+from mokit.zoo import INITS, RECIPES, recipe_train_kw  # noqa: E402
 
 TARGET_ACC, TARGET_SECONDS = 94.0, 10.0
 GPU_WIDTHS = (64, 256, 256)

@@ -27,7 +27,8 @@ import torch
 from mokit import quantize as Q
 from mokit.metrics import measure_latency
 from mokit.results import check_bands, load_bands, load_results
-from mokit.train import baseline, evaluate
+from mokit.train import evaluate
+from mokit.zoo import baseline
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -275,26 +275,3 @@ def trial_front(trials: Sequence, objectives: dict[str, bool]) -> list:
     unique = {search.trial_key(t.config, t.budget): t for t in trials}      # one per (config, budget)
     ok = [t for t in unique.values() if t.status == "ok" and all(k in t.metrics for k in objectives)]
     return [ok[i] for i in pareto_front([t.metrics for t in ok], objectives)]
-
-
-def plot_pareto(results: dict, x: str = "params", y: str = "val_acc", *, logx: bool = True,
-                title: str = ""):
-    """Scatter of every trial (y against x) per search, with the overall Pareto front drawn."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    everything = []
-    for label, r in results.items():
-        ok = [t for t in r.trials if t.status == "ok" and x in t.metrics]
-        everything += ok
-        ax.scatter([t.metrics[x] for t in ok], [t.metrics[y] for t in ok], s=16, alpha=0.7, label=label)
-    front = sorted(trial_front(everything, {y: True, x: False}), key=lambda t: t.metrics[x])
-    ax.step([t.metrics[x] for t in front], [t.metrics[y] for t in front], where="post", color="black",
-            lw=1.2, label="Pareto front")
-    ax.set(xlabel=x, ylabel=y, title=title or f"{y} against {x}")
-    if logx:
-        ax.set_xscale("log")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-

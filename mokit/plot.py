@@ -8,7 +8,9 @@ from collections.abc import Callable, Mapping, Sequence
 import matplotlib.pyplot as plt
 import torch
 
+from . import nas
 from .metrics import pareto_front
+from .search import SearchResult
 from .train import History
 
 
@@ -181,6 +183,60 @@ def lr_sweep(rows: Sequence[Mapping], *, y: str = "accuracy %", title: str = "le
         mine = sorted((r["lr"], r[y]) for r in rows if r["optimizer"] == name)
         ax.plot([lr for lr, _ in mine], [v for _, v in mine], "o-", label=name)
     ax.set(xscale="log", xlabel="learning rate (log)", ylabel=y, title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# searches (notebooks 07, 08)
+
+def best_so_far(results: Mapping[str, SearchResult], *, title: str = "best so far against compute"):
+    """One step line per strategy: best full-budget value against cumulative epochs spent."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for label, r in results.items():
+        xs, ys = r.curve()
+        ax.step(xs, ys, where="post", label=f"{label} ({r.compute} epochs)", marker=".")
+    metric = next(iter(results.values())).metric if results else ""
+    ax.set(xlabel="compute spent (training epochs)", ylabel=f"best {metric}", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def trials(result: SearchResult, names: Sequence[str] | None = None, *, title: str = ""):
+    """One scatter per decision: metric against that decision's value (colour = budget)."""
+    names = list(names or dict.fromkeys(k for t in result.trials for k in t.config))
+    fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 3.0), squeeze=False)
+    ok = [t for t in result.trials if t.status == "ok"]
+    for ax, n in zip(axes[0], names):
+        pts = [(t.config[n], t.value(result.metric, result.maximize), t.budget) for t in ok if n in t.config]
+        xs = [p[0] if isinstance(p[0], (int, float)) else str(p[0]) for p in pts]
+        ax.scatter(xs, [p[1] for p in pts], c=[p[2] for p in pts], cmap="viridis", s=18)
+        if pts and all(isinstance(x, float) for x in xs) and min(xs) > 0 and max(xs) / min(xs) > 50:
+            ax.set_xscale("log")
+        ax.set_xlabel(n)
+        ax.tick_params(axis="x", labelsize=7, rotation=30)
+    axes[0][0].set_ylabel(result.metric)
+    fig.suptitle(title or f"{result.strategy}: trials (colour = budget)")
+    fig.tight_layout()
+    return fig
+
+
+def pareto(results: Mapping[str, SearchResult], x: str = "params", y: str = "val_acc", *, logx: bool = True,
+           title: str = ""):
+    """Scatter of every trial (y against x) per search, with the overall Pareto front drawn."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    everything = []
+    for label, r in results.items():
+        ok = [t for t in r.trials if t.status == "ok" and x in t.metrics]
+        everything += ok
+        ax.scatter([t.metrics[x] for t in ok], [t.metrics[y] for t in ok], s=16, alpha=0.7, label=label)
+    front = sorted(nas.trial_front(everything, {y: True, x: False}), key=lambda t: t.metrics[x])
+    ax.step([t.metrics[x] for t in front], [t.metrics[y] for t in front], where="post", color="black",
+            lw=1.2, label="Pareto front")
+    ax.set(xlabel=x, ylabel=y, title=title or f"{y} against {x}")
+    if logx:
+        ax.set_xscale("log")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -2,7 +2,7 @@
 
 1. decodes every dataset the course reads into the cache (the first load of CIFAR-10 decodes 60,000
    JPEGs; later loads read one tensor file);
-2. trains every baseline recipe (`train.RECIPES`) on its own dataset, and LeNet-300-100 / LeNet-5 on
+2. trains every baseline recipe (`zoo.RECIPES`) on its own dataset, and LeNet-300-100 / LeNet-5 on
    each extra dataset named with --datasets (the notebooks' `DATASET` knob), and caches the
    checkpoints, so no notebook trains a baseline in class;
 3. writes the student copies (student/, what `make student-lab` opens).
@@ -20,7 +20,7 @@ import time
 
 from . import student
 from .data import list_datasets, load_dataset
-from .train import RECIPES, baseline
+from .zoo import RECIPES, baseline
 
 FOLLOW_DATASET = ("lenet300", "lenet5")     # the baselines the notebooks train on whatever DATASET is
 

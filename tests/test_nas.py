@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from mokit import nas, search
+from mokit import nas, plot, search
 from mokit.metrics import count_macs, count_params
 from mokit.models import create_model
 
@@ -116,7 +116,7 @@ def test_constrained_evolution_on_a_cost_proxy():
                          mutate_fn=nas.mutate_arch, feasible=ok)
     assert len(r.trials) == 24 and all(t.metrics["params"] <= 20_000 for t in r.trials)
     assert r.best_value >= max(t.value("score") for t in r.trials[:6])
-    fig = nas.plot_pareto({"evolution": r}, x="params", y="score")
+    fig = plot.pareto({"evolution": r}, x="params", y="score")
     assert fig.axes
 
 

@@ -1,5 +1,6 @@
 """Every registry entry tested the moment it exists: optimizers and schedules (mokit.train) and
-search strategies (mokit.search.STRATEGIES), parametrized over the registries themselves."""
+search strategies (mokit.search.STRATEGIES), pruning criteria, calibrators and ONNX int8 modes,
+parametrized over the registries themselves."""
 
 import inspect
 import math
@@ -9,6 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from mokit import prune as P
+from mokit import quantize as Q
 from mokit import search as S
 from mokit import train as T
 
@@ -119,3 +122,57 @@ def test_every_strategy_runs_a_tiny_search(key):
     assert result.best is not None and math.isfinite(result.best_value)
     assert result.compute == sum(t.budget for t in result.trials)
     assert seconds < 5, f"{key} took {seconds:.1f} s on a toy objective"
+
+
+# --- pruning importance criteria (mokit.prune.IMPORTANCE) ---------------------------------------------
+
+def _tiny_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 4 * 4, 10))
+
+
+@pytest.mark.parametrize("name", list(P.IMPORTANCE))
+def test_every_importance_criterion_scores_each_weight_and_drives_a_real_cut(name):
+    model = _tiny_cnn()
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    if name == "taylor":
+        P.compute_gradients(model, [(x, y)], batches=1)
+    scores = P.get_importance(name)(model[0])
+    assert scores.shape == model[0].weight.shape and torch.isfinite(scores).all() and (scores >= 0).all()
+    small = P.prune_channels(model, {0: 0.5}, importance=name)
+    assert small[0].out_channels == 4 and small[2].in_channels == 4
+    assert small(x).shape == (16, 10)
+
+
+# --- calibrators (mokit.quantize.CALIBRATORS) ---------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(Q.CALIBRATORS))
+@pytest.mark.parametrize("axis", [None, 0])
+def test_every_calibrator_gives_a_range_that_quantizes_well_at_8_bits(name, axis):
+    torch.manual_seed(0)
+    x = torch.randn(8, 256) * torch.linspace(0.5, 2, 8)[:, None]
+    lo, hi = Q.CALIBRATORS[name](x, axis)
+    assert torch.isfinite(lo).all() and torch.isfinite(hi).all() and (lo < hi).all()
+    assert (lo >= x.min() - 1e-6).all() and (hi <= x.max() + 1e-6).all()    # never wider than the data
+    err = Q.quantization_error(x, Q.quantize_tensor(x, 8, axis=axis, calibrate=name).dequantize())
+    assert err["sqnr_db"] > 30, f"{name}, axis {axis}: SQNR {err['sqnr_db']:.1f} dB at 8 bits"
+
+
+# --- ONNX Runtime int8 modes (mokit.export.QUANT_MODES) -----------------------------------------------
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_every_onnx_int8_mode_writes_a_file_that_runs_and_agrees(mode, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from mokit import export
+
+    assert mode in export.QUANT_MODES
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    x = torch.randn(64, 1, 8, 8)
+    src = export.export_onnx(model, tmp_path / "m.onnx", (1, 1, 8, 8))
+    data = [(x, torch.zeros(64, dtype=torch.long))]
+    int8 = export.OnnxModel(export.quantize_onnx(src, tmp_path / f"m.{mode}.onnx", mode=mode, data=data))
+    out, ref = int8(x), model(x)
+    assert out.shape == ref.shape and (out - ref).abs().max() < 0.1 * ref.abs().max()
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.9

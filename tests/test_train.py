@@ -8,12 +8,11 @@ from mokit.train import (
     OPTIMIZERS,
     SCHEDULES,
     History,
-    baseline,
     evaluate,
-    load_or_train,
     seed_everything,
     train,
 )
+from mokit.zoo import baseline, load_or_train
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from mokit import models
+from mokit import models, zoo
 from mokit import train as T
 
 NAN, INF = math.nan, math.inf
@@ -227,7 +227,7 @@ def test_predict_refuses_a_non_model_and_recipes_a_non_name(te):
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         T.predict(lambda x: x, te)
     with pytest.raises(ValueError, match="no baseline recipe"):
-        T.recipe_train_kw(["lenet5"])
+        zoo.recipe_train_kw(["lenet5"])
 
 
 @pytest.mark.parametrize("kw", [{"lr": 3.5e38}, {"lr": 1e7}, {"weight_decay": 1e300}, {"lr": 1e300, "optimizer": "sgd"}],

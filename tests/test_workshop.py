@@ -3,7 +3,7 @@
 import pytest
 
 from mokit import workshop
-from mokit.train import RECIPES
+from mokit.zoo import RECIPES
 
 
 def test_plan_covers_every_recipe_and_the_extra_datasets():

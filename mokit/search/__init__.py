@@ -20,7 +20,7 @@ aging), hill_climb (greedy), tree_search (MCTS over the sequence of decisions), 
 one study); param_importances asks Optuna how much each decision mattered.
 
 The package, bottom to top: checks (bounds, argument checks) -> space -> trials (the log) ->
-runner (Runner, SearchResult) -> strategies -> objective, optuna_bridge, plots.
+runner (Runner, SearchResult) -> strategies -> objective, optuna_bridge (its plots are in mokit.plot).
 """
 
 from .checks import (
@@ -38,7 +38,6 @@ from .checks import (
 )
 from .objective import train_objective
 from .optuna_bridge import open_storage, optuna_search, param_importances, study_result
-from .plots import plot_best_so_far, plot_trials
 from .runner import Runner, SearchResult, check_runner, format_config
 from .space import (
                      Param,
@@ -73,7 +72,6 @@ __all__ = [
     "check_count", "check_metric", "check_runner", "check_search_name", "choice", "evolution",
     "float_range", "format_config", "grid", "grid_search", "hill_climb", "hyperband", "int_range",
     "is_active", "jsonable", "mutate", "open_storage", "optuna_search", "param_importances",
-    "plot_best_so_far", "plot_trials",
     "random_search", "repair", "rungs", "sample", "search_path", "strategy", "study_result",
     "successive_halving", "train_objective", "tree_search", "trial_key", "validate_space", "values",
 ]
