@@ -14,6 +14,7 @@ from mokit import prune as P
 from mokit import quantize as Q
 from mokit import search as S
 from mokit import train as T
+from mokit.data import TensorData
 
 # --- optimizers -----------------------------------------------------------------------------------
 
@@ -126,6 +127,10 @@ def test_every_strategy_runs_a_tiny_search(key):
 
 # --- pruning importance criteria (mokit.prune.IMPORTANCE) ---------------------------------------------
 
+def _tensor_data(x, y):
+    return TensorData(x, y, "mnist", "train", tuple(str(c) for c in range(10)), False)
+
+
 def _tiny_cnn():
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(),
@@ -137,7 +142,7 @@ def test_every_importance_criterion_scores_each_weight_and_drives_a_real_cut(nam
     model = _tiny_cnn()
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
     if name == "taylor":
-        P.compute_gradients(model, [(x, y)], batches=1)
+        P.compute_gradients(model, _tensor_data(x, y), batches=1)
     scores = P.get_importance(name)(model[0])
     assert scores.shape == model[0].weight.shape and torch.isfinite(scores).all() and (scores >= 0).all()
     small = P.prune_channels(model, {0: 0.5}, importance=name)
@@ -170,8 +175,8 @@ def test_every_onnx_int8_mode_writes_a_file_that_runs_and_agrees(mode, tmp_path)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
     x = torch.randn(64, 1, 8, 8)
-    src = export.export_onnx(model, tmp_path / "m.onnx", (1, 1, 8, 8))
-    data = [(x, torch.zeros(64, dtype=torch.long))]
+    src = export.export_onnx(model, tmp_path / "m.onnx", (1, 8, 8))
+    data = _tensor_data(x, torch.zeros(64, dtype=torch.long))
     int8 = export.OnnxModel(export.quantize_onnx(src, tmp_path / f"m.{mode}.onnx", mode=mode, data=data))
     out, ref = int8(x), model(x)
     assert out.shape == ref.shape and (out - ref).abs().max() < 0.1 * ref.abs().max()
