@@ -22,17 +22,22 @@ NOTEBOOKS = {"05": "05_distillation", "06": "06_ensembles_and_transfer"}
 TARGETS = {
     "05_distillation": lambda r: [
         f"teacher {r['teacher_acc']:.2f}%; student errors scratch {r['student_scratch_errors']:.1f} "
-        f"± {r['student_scratch_errors_std']:.1f}, distilled {r['student_kd_errors']:.1f} ± {r['student_kd_errors_std']:.1f} "
+        f"± {r['student_scratch_errors_std']:.1f}, "
+        f"distilled {r['student_kd_errors']:.1f} ± {r['student_kd_errors_std']:.1f} "
         f"over {r['seeds']} seeds -> ratio {r['kd_error_ratio']:.3f} (target <= 0.85)",
         f"best temperature {r['best_temperature']}; hint student {r['hint_errors']} errors; omitted digit "
-        f"{r['omitted_digit']}: {r['omitted_digit_acc_before']:.1f}% -> {r['omitted_digit_recovered_acc']:.1f}% after the bias fix",
-        f"CIFAR: teacher {r['cifar_teacher_acc']:.2f}%, student {r['cifar_shrink']:.1f}x smaller, {r['cifar_epochs']} epochs on "
-        f"{r['cifar_transfer_size']} images: scratch {r['cifar_scratch_acc']:.2f}%, distilled {r['cifar_kd_acc']:.2f}% -> gain "
-        f"{r['cifar_kd_gain']:+.2f} ± {r['cifar_kd_gain_std']:.2f} points over {r['cifar_seeds']} seeds ({r['cifar_seconds']:.0f} s)"],
+        f"{r['omitted_digit']}: {r['omitted_digit_acc_before']:.1f}% -> "
+        f"{r['omitted_digit_recovered_acc']:.1f}% after the bias fix",
+        f"CIFAR: teacher {r['cifar_teacher_acc']:.2f}%, student {r['cifar_shrink']:.1f}x smaller, "
+        f"{r['cifar_epochs']} epochs on {r['cifar_transfer_size']} images: "
+        f"scratch {r['cifar_scratch_acc']:.2f}%, distilled {r['cifar_kd_acc']:.2f}% -> gain "
+        f"{r['cifar_kd_gain']:+.2f} ± {r['cifar_kd_gain_std']:.2f} points "
+        f"over {r['cifar_seeds']} seeds ({r['cifar_seconds']:.0f} s)"],
     "06_ensembles_and_transfer": lambda r: [
         f"best single {r['best_single_acc']:.2f}%, ensemble of {len(r['member_acc'])} {r['ensemble_acc']:.2f}% "
         f"-> {r['ensemble_gain']:+.2f} points (target >= 0.2 on MNIST)",
-        f"greedy soup {r['soup_acc']:.2f}%, uniform soup {r['uniform_soup_acc']:.2f}%, ensemble -> student {r['ensemble_student_acc']:.2f}%",
+        f"greedy soup {r['soup_acc']:.2f}%, uniform soup {r['uniform_soup_acc']:.2f}%, "
+        f"ensemble -> student {r['ensemble_student_acc']:.2f}%",
         f"1,000 Fashion-MNIST labels: transfer {r['transfer_acc_1k']:.2f}%, scratch {r['scratch_acc_1k']:.2f}%, "
         f"frozen {r['frozen_acc_1k']:.2f}% -> {r['transfer_gain_1k']:+.2f} points (target >= 2)"],
 }

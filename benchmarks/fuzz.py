@@ -82,10 +82,10 @@ class Worker:
         self.start()
 
     def start(self):
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", "--limit", str(self.limit)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=open(Path(self.cwd) / "worker.log", "a"),
-                                     env=self.env, cwd=self.cwd, bufsize=0)
+        with open(Path(self.cwd) / "worker.log", "a") as log:       # the worker keeps its own copy
+            self.proc = subprocess.Popen([sys.executable, __file__, "--worker", "--limit", str(self.limit)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                         env=self.env, cwd=self.cwd, bufsize=0)
         self.buffer = b""                                   # bytes read but not yet split into lines
         self.first = self.read(300)
         if self.first is None:

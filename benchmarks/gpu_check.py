@@ -61,23 +61,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))    # mokit from this tree, installed or not
 
-import torch  # noqa: E402
+import torch
 
-from mokit import data as mdata  # noqa: E402
-from mokit import distill, ensemble, metrics, nas, prune, quantize, search  # noqa: E402
-from mokit.models import create_model  # noqa: E402
-from mokit.train import (  # noqa: E402
+from mokit import data as mdata
+from mokit import distill, ensemble, metrics, nas, prune, quantize, search
+from mokit.models import create_model
+from mokit.train import (
     evaluate,
     pick_device,
     resolve_precision,
     seed_everything,
     train,
 )
-from mokit.zoo import INITS, RECIPES, recipe_train_kw  # noqa: E402
+from mokit.zoo import INITS, RECIPES, recipe_train_kw
 
 TARGET_ACC, TARGET_SECONDS = 94.0, 10.0
 GPU_WIDTHS = (64, 256, 256)
-GPU_EPOCHS = 24    # an H200 sweep (3 seeds each, batch 1024): 10 epochs 89.4%, 16 90.4%, 24 90.7% in 6.9 s, 32 90.8% in 9.4 s
+# an H200 sweep (3 seeds each, batch 1024): 10 epochs 89.4%, 16 90.4%, 24 90.7% in 6.9 s, 32 90.8% in 9.4 s
+GPU_EPOCHS = 24
 QUICK_WIDTHS = (16, 32, 32)
 
 
@@ -93,7 +94,7 @@ class Checks:
         t0 = time.perf_counter()
         try:
             status, text, value = fn(*args, **kw)
-        except Exception as e:  # noqa: BLE001 - a broken path is a FAILED line, the other checks still run
+        except Exception as e:  # a broken path is a FAILED line, the other checks still run
             traceback.print_exc()
             status, text, value = "FAILED", f"{type(e).__name__}: {e}", None
         seconds = time.perf_counter() - t0
@@ -209,7 +210,8 @@ def check_lenet5(mnist, device, quick):
 def check_cifar(args, cifar, device):
     train_data, test_data = cifar
     kw = cifar_kw(args, device)
-    if not args.quick:   # warm-up: two throwaway epochs on the full set autotune every kernel and shape (one was not enough)
+    # warm-up: two throwaway epochs on the full set autotune every kernel and shape (one was not enough)
+    if not args.quick:
         timed_train(fresh_cifar(train_data, args.widths, 99), train_data, device, **{**kw, "epochs": 2})
     runs = []
     for seed in range(args.seeds):
@@ -257,7 +259,8 @@ def check_throughput(args, cifar, device, precision):
     timed_train(fresh_cifar(train_data, args.widths, 0), train_data, device, **kw)     # warm-up
     seconds = timed_train(fresh_cifar(train_data, args.widths, 0), train_data, device, **kw)
     ips = len(train_data) / seconds
-    return verdict(finite(ips) and ips > 0), f"{ips:,.0f} training images/s ({precision}, batch {kw['batch_size']})", ips
+    return (verdict(finite(ips) and ips > 0),
+            f"{ips:,.0f} training images/s ({precision}, batch {kw['batch_size']})", ips)
 
 
 BATCH_LABEL = {False: "batch 256", True: "batch 256 (quick: 4 x batch 64)"}
@@ -320,7 +323,8 @@ def check_channels(args, cifar_model, lenet_model, sets, device):
         tuned_acc = evaluate(small, test_data)["accuracy"]
         p0, p1 = metrics.count_params(model), metrics.count_params(small)
         need = dense_acc - 5 if test_data.real and not args.quick else (10.0 if which == "mnist" else 0.0)
-        text = (f"{which}: params {p0:,} -> {p1:,}; {lat['dense']:.2f} -> {lat['pruned']:.2f} ms at {BATCH_LABEL[args.quick]} on "
+        text = (f"{which}: params {p0:,} -> {p1:,}; "
+                f"{lat['dense']:.2f} -> {lat['pruned']:.2f} ms at {BATCH_LABEL[args.quick]} on "
                 f"{device.type} ({lat['dense'] / lat['pruned']:.2f}x); {dense_acc:.2f}% -> {cut_acc:.2f}% -> "
                 f"{tuned_acc:.2f}% after {epochs} epoch(s) (need >= {need:.1f}%)")
         return verdict(p1 < p0 and tuned_acc >= need), text, None
@@ -346,8 +350,8 @@ def check_int8(args, cifar_model, lenet_model, sets, device):
         lat = {k: latency_ms(m, train_data.shape, args.quick) for k, m in (("fp32", fp32), ("int8", int8))}
         need = acc32 - 1.0 if test_data.real and not args.quick else acc32 - 10.0
         text = (f"{note}{which}: {acc32:.2f}% fp32 -> {acc8:.2f}% int8 (need >= {need:.2f}%); "
-                f"{lat['fp32']:.2f} -> {lat['int8']:.2f} ms at {BATCH_LABEL[args.quick]} ({lat['fp32'] / lat['int8']:.2f}x, "
-                f"{torch.get_num_threads()} threads)")
+                f"{lat['fp32']:.2f} -> {lat['int8']:.2f} ms at {BATCH_LABEL[args.quick]} "
+                f"({lat['fp32'] / lat['int8']:.2f}x, {torch.get_num_threads()} threads)")
         return verdict(acc8 >= need), text, None
     return _cifar_or_lenet(run, "int8", cifar_model, lenet_model)
 

@@ -1,4 +1,5 @@
-"""Issue 3's and issue 12's (CIFAR track) targets, measured: run notebooks 02 and 03 at default settings and print each target.
+"""Issue 3's and issue 12's (CIFAR track) targets, measured: run notebooks 02 and 03 at default settings and
+print each target.
 
     python benchmarks/pruning.py            # default settings (a few minutes per notebook on a CPU)
     python benchmarks/pruning.py --smoke    # SMOKE=True, checks the "smoke" bands instead
@@ -36,19 +37,22 @@ TARGETS = [
      f"{r['cifar_pruned_acc']:.2f} at sparsity {r['cifar_sparsity']:.3f}", "fine-tuned, sparsities from the scan"),
     ("02_pruning", "CIFAR net: scan's allocation - uniform", lambda r: f"{r['cifar_pruned_acc']:.2f} - "
      f"{r['cifar_uniform_acc']:.2f} = {r['cifar_scan_vs_uniform']:+.2f}", "> 0 points"),
-    ("03_structured_pruning", "half the conv channels: speedup", lambda r: r["structured_speedup"], ">= 1.6 at batch 256"),
+    ("03_structured_pruning", "half the conv channels: speedup", lambda r: r["structured_speedup"],
+     ">= 1.6 at batch 256"),
     ("03_structured_pruning", "  MACs ratio", lambda r: r["macs_ratio"], "about 0.5 (see notes)"),
     ("03_structured_pruning", "unstructured, same sparsity: speedup", lambda r: r["unstructured_speedup"], "~1.0"),
     ("03_structured_pruning", "structured accuracy drop (points)", lambda r: r["structured_acc_drop"], "small"),
-    ("03_structured_pruning", "CIFAR net channels: speedup", lambda r: r["cifar_channel_speedup"], ">= 1.5 at batch 256"),
+    ("03_structured_pruning", "CIFAR net channels: speedup", lambda r: r["cifar_channel_speedup"],
+     ">= 1.5 at batch 256"),
     ("03_structured_pruning", "CIFAR net channels: points lost", lambda r: r["cifar_channel_drop"], "<= 1.5"),
-    ("03_structured_pruning", "CIFAR net channels: MACs ratio", lambda r: r["cifar_macs_ratio"], "(measured, not a target)"),
+    ("03_structured_pruning", "CIFAR net channels: MACs ratio", lambda r: r["cifar_macs_ratio"],
+     "(measured, not a target)"),
     ("03_structured_pruning", "growing: max output difference", lambda r: r["grow_max_output_diff"], "<= 1e-5"),
 ]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])    # the first paragraph
     parser.add_argument("--smoke", action="store_true", help="run with SMOKE=True")
     args = parser.parse_args()
     out = runs_root() / "benchmarks"

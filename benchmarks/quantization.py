@@ -74,12 +74,14 @@ def cifar_figures(rounds: int) -> None:
         print(f"\n== cifar_net: eager-mode int8 refuses it ({e}); using FX graph mode")
     int8 = Q.quantize_int8_fx(model, train_data)
     int8_acc = evaluate(int8, test_data, tta=tta)["accuracy"]
-    print(f"   fp32 {info['test_acc']:.2f}%  FX int8 {int8_acc:.2f}% (TTA {tta})  drop {info['test_acc'] - int8_acc:+.2f} "
-          f"points (target <= 0.5)  file {Q.file_bytes(int8) / Q.file_bytes(model):.3f}x")
+    print(f"   fp32 {info['test_acc']:.2f}%  FX int8 {int8_acc:.2f}% (TTA {tta})  "
+          f"drop {info['test_acc'] - int8_acc:+.2f} points (target <= 0.5)  "
+          f"file {Q.file_bytes(int8) / Q.file_bytes(model):.3f}x")
     fp32_cl = Q.ChannelsLastInput(copy.deepcopy(model).to(memory_format=torch.channels_last))
     for threads in (1, 2):
         kw = dict(batch_size=256, threads=threads, repeats=10)
-        rows = [(measure_latency(model, test_data.shape, **kw)["ms"], measure_latency(fp32_cl, test_data.shape, **kw)["ms"],
+        rows = [(measure_latency(model, test_data.shape, **kw)["ms"],
+                 measure_latency(fp32_cl, test_data.shape, **kw)["ms"],
                  measure_latency(int8, test_data.shape, **kw)["ms"]) for _ in range(rounds)]
         vs_cl = statistics.median(c / i for _, c, i in rows)
         vs_plain = statistics.median(f / i for f, _, i in rows)

@@ -127,7 +127,8 @@ def main() -> None:
         gap, frac = (statistics.mean(r[k] for r in rows) for k in ("gap", "compute_fraction"))
         print(f"HPO  random best {mean_std(rows, 'random_best')}, SH best {mean_std(rows, 'sh_best')}, "
               f"gap {mean_std(rows, 'gap')} points, compute fraction {mean_std(rows, 'compute_fraction')}")
-        print(f"TARGET SH within 0.2 points at <= 1/3 compute: {'MET' if gap <= 0.2 and frac <= 1 / 3 + 1e-9 else 'NOT MET'}")
+        print("TARGET SH within 0.2 points at <= 1/3 compute: "
+              f"{'MET' if gap <= 0.2 and frac <= 1 / 3 + 1e-9 else 'NOT MET'}")
 
     if "nas" in args.parts:
         rows = per_seed("nas", args.seeds, lambda s: nas_part(s, folder, args.nas_train_size, args.nas_trials))

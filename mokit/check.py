@@ -18,6 +18,7 @@ the exercises whose latest check passed in this Python session (what a notebook 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Sequence
@@ -122,10 +123,8 @@ def _diff(got, expected, atol: float, where: str = "result") -> str | None:
     """None when `got` matches `expected`, else one line saying how it differs."""
     if torch.is_tensor(expected) and expected.dim() > 0:
         if isinstance(got, (list, tuple)):
-            try:
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
                 got = torch.as_tensor(got)
-            except (TypeError, ValueError, RuntimeError):
-                pass
         if not torch.is_tensor(got):
             return f"{where}: expected a tensor of shape {tuple(expected.shape)}, got a {type(got).__name__}"
         if got.shape != expected.shape:
@@ -187,7 +186,8 @@ def _run_case(fn: Callable, case: Case):
 def run_checks(exercise: str, fn: Callable, cases: Sequence[Case], hint: str | Hints) -> CheckResult:
     """Run `fn` on every case, stop at the first that fails, print a pass or what went wrong."""
     if not callable(fn):
-        message = f"✗ {exercise}: expected your function, got {_short(fn)}\n  hint: pass the function itself, not its result"
+        message = (f"✗ {exercise}: expected your function, got {_short(fn)}\n"
+                   "  hint: pass the function itself, not its result")
         return _finish(exercise, False, len(cases), message)
     for n, case in enumerate(cases, 1):
         try:
@@ -195,7 +195,8 @@ def run_checks(exercise: str, fn: Callable, cases: Sequence[Case], hint: str | H
             problem = problem or _diff(got, case.expected, case.atol)
         except NotImplementedError:
             return _finish(exercise, False, len(cases),
-                           f"… {exercise}: not done yet (it raises NotImplementedError).\n  hint: {_hint(exercise, hint)}")
+                           f"… {exercise}: not done yet (it raises NotImplementedError).\n"
+                           f"  hint: {_hint(exercise, hint)}")
         except Exception as e:                   # the learner's bug, reported; never crashes the notebook
             problem = f"it raised {type(e).__name__}: {e}"
         if problem:
@@ -231,8 +232,10 @@ def warmup_cosine(fn: Callable[[float, float], float]) -> CheckResult:
     cases += [Case(f"t={t}, warmup=0.25 against mokit.train", (t, 0.25), warmup_cosine(t, 0.25))
               for t in (0.13, 0.4, 0.87)]
     return run_checks("warmup_cosine", fn, cases, Hints(
-        'rise in a straight line from 0 to 1 while t < warmup, then follow half a cosine wave from 1 down to 0 over the rest of training',
-        'math.cos and math.pi; rescale the time after the warm-up to u = (t - warmup) / (1 - warmup), which runs from 0 to 1',
+        'rise in a straight line from 0 to 1 while t < warmup, '
+        'then follow half a cosine wave from 1 down to 0 over the rest of training',
+        'math.cos and math.pi; '
+        'rescale the time after the warm-up to u = (t - warmup) / (1 - warmup), which runs from 0 to 1',
         "f(t) = t / warmup while t < warmup, then 0.5 * (1 + cos(pi * (t - warmup) / (1 - warmup)))"))
 
 
@@ -267,8 +270,10 @@ def momentum_step(fn: Callable) -> CheckResult:
                   call=lambda fn: _our_steps(fn, w0, 3, 0.05, 0.9),
                   expected=_torch_steps(torch.optim.SGD, w0, 3, lr=0.05, momentum=0.9))]
     return run_checks("momentum_step", fn, cases, Hints(
-        'the velocity remembers past gradients: decay it by momentum, add the new gradient, then step the weights along the velocity',
-        'plain tensor arithmetic (*, +, -) that makes new tensors; no in-place updates (-=, .add_), since the inputs must stay as they are',
+        'the velocity remembers past gradients: decay it by momentum, add the new gradient, '
+        'then step the weights along the velocity',
+        'plain tensor arithmetic (*, +, -) that makes new tensors; '
+        'no in-place updates (-=, .add_), since the inputs must stay as they are',
         "v = momentum * v + g, then w = w - lr * v; return (w, v), both new tensors"))
 
 
@@ -296,8 +301,10 @@ def global_magnitude_masks(fn: Callable) -> CheckResult:
              Case("three random layers at sparsity 0.8 against mokit.prune.magnitude_mask", (rand, 0.8),
                   _global_reference(rand, 0.8))]
     return run_checks("global_magnitude_masks", fn, cases, Hints(
-        'one threshold for the whole network: the weights whose |w| is among the smallest `sparsity` fraction of all weights are zeroed, whichever layer they are in',
-        "torch.cat of every layer's w.abs().flatten() gives all magnitudes; torch.kthvalue(all, k).values is the k-th smallest",
+        'one threshold for the whole network: the weights whose |w| is among the smallest '
+        '`sparsity` fraction of all weights are zeroed, whichever layer they are in',
+        "torch.cat of every layer's w.abs().flatten() gives all magnitudes; "
+        "torch.kthvalue(all, k).values is the k-th smallest",
         "k = round(sparsity * total number of weights); the threshold is the k-th smallest |w| over "
                       "all layers together (torch.cat the flattened |w|, then kthvalue); mask = (|w| > threshold)"))
 
@@ -313,7 +320,8 @@ def agp_sparsity(fn: Callable[[float, float], float]) -> CheckResult:
     cases += [Case(f"t={t}, final 0.8 against mokit.prune.agp_sparsity", (t, 0.8), reference(t, 0.8))
               for t in (0.1, 0.33, 0.9)]
     return run_checks("agp_sparsity", fn, cases, Hints(
-        'the sparsity grows fast at first and slowly at the end (a cubic in t), reaching the target at t = 1 and staying there',
+        'the sparsity grows fast at first and slowly at the end (a cubic in t), '
+        'reaching the target at t = 1 and staying there',
         'min(max(t, 0.0), 1.0) clips t; the cubic ramp is 1 - (1 - t) ** 3',
         "clip t into [0, 1] (min/max), then s = sparsity * (1 - (1 - t) ** 3): fast at first, slow at the end"))
 
@@ -348,8 +356,10 @@ def channels_to_keep(fn: Callable) -> CheckResult:
              Case("random conv layer, sparsity 0.5, against mokit.prune.select_channels", (rand, 0.5),
                   _keep_reference(rand, 0.5))]
     return run_checks("channels_to_keep", fn, cases, Hints(
-        'score each output channel by the size of its weights and keep the highest-scoring ones, listed in their original order',
-        'weight.abs().flatten(1).sum(1) gives one L1 score per output channel; torch.topk picks the largest, .sort() restores the order',
+        'score each output channel by the size of its weights and keep the highest-scoring ones, '
+        'listed in their original order',
+        'weight.abs().flatten(1).sum(1) gives one L1 score per output channel; '
+        'torch.topk picks the largest, .sort() restores the order',
         "scores = weight.abs().flatten(1).sum(1); n_keep = max(1, round((1 - sparsity) * n)); "
                       "torch.topk(scores, n_keep).indices, then .sort() so the kept order is the original one"))
 
@@ -371,8 +381,10 @@ def per_channel_qparams(fn: Callable) -> CheckResult:
              Case("random (6, 20) at 8 bits against mokit.quantize.compute_qparams", (rand, 8),
                   list(compute_qparams(*minmax_range(rand, axis=0), 8)))]
     return run_checks("per_channel_qparams", fn, cases, Hints(
-        'each row gets its own range [lo, hi] that always contains 0, spread over the 2 ** num_bits integer levels; the zero point is the level that stands for 0.0',
-        "w.amin(1) / w.amax(1) give each row's extremes; .clamp(max=0) / .clamp(min=0) make the range contain 0; torch.round for the zero point",
+        'each row gets its own range [lo, hi] that always contains 0, spread over the 2 ** num_bits integer levels; '
+        'the zero point is the level that stands for 0.0',
+        "w.amin(1) / w.amax(1) give each row's extremes; "
+        ".clamp(max=0) / .clamp(min=0) make the range contain 0; torch.round for the zero point",
         "lo = w.amin(1).clamp(max=0), hi = w.amax(1).clamp(min=0) (one per row); "
                       "scale = (hi - lo) / (2 ** num_bits - 1); zero_point = torch.round(-lo / scale)"))
 
@@ -384,7 +396,8 @@ def fake_quantize(fn: Callable) -> CheckResult:
     t = torch.tensor
     rand = _randn(5, 16, seed=7)
     s, z = compute_qparams(*minmax_range(rand, axis=0), 4)
-    cases = [Case("values on the grid come back unchanged", (t([[-1.0, 0, 2], [0.5, 1, 1.5]]), t([1.0, 0.5]), t([1, 0]), 2),
+    cases = [Case("values on the grid come back unchanged",
+                  (t([[-1.0, 0, 2], [0.5, 1, 1.5]]), t([1.0, 0.5]), t([1, 0]), 2),
                   t([[-1.0, 0, 2], [0.5, 1, 1.5]])),
              Case("rounding to the nearest step", (t([[0.26, -0.74]]), t([0.5]), t([2]), 3), t([[0.5, -0.5]])),
              Case("clamping: 2.6 is above the top of the 2-bit grid", (t([[-0.4, 0.7, 2.6]]), t([1.0]), t([1]), 2),
@@ -392,8 +405,10 @@ def fake_quantize(fn: Callable) -> CheckResult:
              Case("random (5, 16) at 4 bits against mokit.quantize", (rand, s, z, 4),
                   dequantize(quantize(rand, s, z, 4, axis=0), s, z, axis=0))]
     return run_checks("fake_quantize", fn, cases, Hints(
-        "map each weight to the nearest level of its row's integer grid, clip it to the grid, and map it back to a float: the error is what int storage would cost",
-        'scale[:, None] and zero_point[:, None] broadcast one value per row; torch.round, then .clamp(0, 2 ** num_bits - 1)',
+        "map each weight to the nearest level of its row's integer grid, clip it to the grid, "
+        "and map it back to a float: the error is what int storage would cost",
+        'scale[:, None] and zero_point[:, None] broadcast one value per row; '
+        'torch.round, then .clamp(0, 2 ** num_bits - 1)',
         "reshape the per-row scale and zero-point to (C, 1) (scale[:, None]) so they broadcast; "
                       "q = (torch.round(w / s) + z).clamp(0, 2 ** num_bits - 1); return s * (q - z)"))
 
@@ -434,7 +449,8 @@ def kd_loss(fn: Callable) -> CheckResult:
     y = torch.arange(6) % 10
     cases = [Case("student = teacher: the KL term is 0", (same, same, t([2]), 4.0, 0.5),
                   0.5 * float(F.cross_entropy(same, t([2])))),
-             Case("alpha = 0: labels only (cross-entropy)", (t([[2.0, 1.0, 0.1]]), t([[3.0, 2.5, -1.0]]), t([0]), 4.0, 0.0),
+             Case("alpha = 0: labels only (cross-entropy)",
+                  (t([[2.0, 1.0, 0.1]]), t([[3.0, 2.5, -1.0]]), t([0]), 4.0, 0.0),
                   float(F.cross_entropy(t([[2.0, 1.0, 0.1]]), t([0])))),
              Case("the notebook's logits, T=4, alpha=0.9, against F.kl_div",
                   (t([[2.0, 1.0, 0.1]]), t([[3.0, 2.5, -1.0]]), t([0]), 4.0, 0.9),
@@ -442,8 +458,11 @@ def kd_loss(fn: Callable) -> CheckResult:
              Case("a batch of 6 (mean over examples), T=2, alpha=0.7, against mokit.distill.kd_loss",
                   (z, v, y, 2.0, 0.7), float(reference(z, v, y, temperature=2.0, alpha=0.7)))]
     return run_checks("kd_loss", fn, cases, Hints(
-        "mix two losses: the KL divergence from the teacher's softened distribution to the student's (scaled by T squared, so its gradients keep their size), and the usual cross-entropy on the labels, weighted by alpha and 1 - alpha",
-        'F.softmax / F.log_softmax with dim=1 on logits / T; sum p * (log p - log q) over the classes and average over the batch; F.cross_entropy(z, y) for the hard loss',
+        "mix two losses: the KL divergence from the teacher's softened distribution to the student's "
+        "(scaled by T squared, so its gradients keep their size), and the usual cross-entropy on the labels, "
+        "weighted by alpha and 1 - alpha",
+        'F.softmax / F.log_softmax with dim=1 on logits / T; '
+        'sum p * (log p - log q) over the classes and average over the batch; F.cross_entropy(z, y) for the hard loss',
         "p = softmax(v / T), log q = log_softmax(z / T); KL = sum p * (log p - log q) per row, "
                       "mean over the batch; loss = alpha * T * T * KL + (1 - alpha) * F.cross_entropy(z, y)"))
 
@@ -466,7 +485,8 @@ def average_probs(fn: Callable) -> CheckResult:
                   reference(rand, w).exp())]
     return run_checks("average_probs", fn, cases, Hints(
         "turn each member's logits into class probabilities, weight each member, and add them up",
-        'torch.softmax(logits, dim=2) for logits of shape (members, N, K); weights.view(-1, 1, 1) broadcasts over N and K; .sum(0) over the members',
+        'torch.softmax(logits, dim=2) for logits of shape (members, N, K); '
+        'weights.view(-1, 1, 1) broadcasts over N and K; .sum(0) over the members',
         "softmax over the classes (dim 2), multiply member m by weights[m] "
                       "(weights.view(-1, 1, 1)), sum over the members (dim 0)"))
 
@@ -483,8 +503,10 @@ def majority_vote(fn: Callable) -> CheckResult:
              Case("a 1-1 tie the other way", (t([[[1.0, 0, 0]], [[0, 5.0, 0]]]),), t([1])),
              Case("5 members, 8 examples, against mokit.ensemble.vote", (rand,), vote(rand))]
     return run_checks("majority_vote", fn, cases, Hints(
-        'each member votes for its top class; the class with the most votes wins, and a tie goes to the class the members are most confident about on average',
-        "logits.argmax(2) is each member's vote; F.one_hot(votes, K).sum(0) counts them per class; a small tie-breaker must stay below one vote",
+        'each member votes for its top class; the class with the most votes wins, '
+        'and a tie goes to the class the members are most confident about on average',
+        "logits.argmax(2) is each member's vote; F.one_hot(votes, K).sum(0) counts them per class; "
+        "a small tie-breaker must stay below one vote",
         "votes = F.one_hot(logits.argmax(2), K).sum(0) (N, K); add softmax(logits, 2).mean(0) / 2 "
                       "(less than one vote, so it only breaks ties) and take argmax(1)"))
 
@@ -508,7 +530,8 @@ def keep_top(fn: Callable) -> CheckResult:
              Case("27 random scores, eta 3", (names, random_scores, 3), best)]
     return run_checks("keep_top", fn, cases, Hints(
         'successive halving keeps the best 1/eta of the configs (at least one) for the next rung, best first',
-        'len(configs) // eta, at least 1; sorted(range(n), key=...) is stable, so configs with equal scores keep their order',
+        'len(configs) // eta, at least 1; '
+        'sorted(range(n), key=...) is stable, so configs with equal scores keep their order',
         "n_keep = max(1, len(configs) // eta); sort the indices by score, highest first "
                       "(sorted is stable: ties keep their order); return [configs[i] for the first n_keep]"))
 
@@ -553,7 +576,8 @@ def dominates(fn: Callable) -> CheckResult:
                   expected=[reference(a, b, three) for a, b in pairs])]
     return run_checks("dominates", fn, cases, Hints(
         'a dominates b when it is at least as good on every objective and strictly better on at least one',
-        'negate the minimised objectives so that larger is always better; all(...) and any(...) over the pairs of values',
+        'negate the minimised objectives so that larger is always better; '
+        'all(...) and any(...) over the pairs of values',
         "flip the sign of minimized objectives; a dominates b when a >= b on every objective "
                       "(all(...)) and a > b on at least one (any(...))"))
 
@@ -673,7 +697,8 @@ def allocate_sparsity(fn: Callable) -> CheckResult:
             "fc2": dict(zip(levels, (0.0, 0.05, 0.2, 0.4, 1.0, 2.5))),
             "fc3": dict(zip(levels, (0.0, 0.3, 0.8, 1.5, 3.0, 6.0)))}
     sizes = {"fc1": 235_200, "fc2": 30_000, "fc3": 1_000}
-    expected = lambda budget: {k: True for k in _allocation_verdict(lambda *a: {name: 0.0 for name in scan}, scan, sizes, budget)}  # noqa: E731
+    expected = lambda budget: {k: True for k in _allocation_verdict(  # noqa: E731
+        lambda *a: {name: 0.0 for name in scan}, scan, sizes, budget)}
     cases = [Case(f"LeNet-300-100-like scan, {b} points", call=lambda f, b=b: _allocation_verdict(f, scan, sizes, b),
                   expected=expected(b)) for b in (0.5, 1.0, 0.05)]
     return run_checks("allocate_sparsity", fn, cases, Hints(
@@ -737,7 +762,8 @@ def fold_batchnorm(fn: Callable) -> CheckResult:
     return run_checks("fold_batchnorm", fn, cases, Hints(
         "BatchNorm in eval mode is y = gamma (x - mean) / sqrt(var + eps) + beta, an affine map per channel: "
         "scale each output channel's filter by its factor and move the bias",
-        "factor = gamma / torch.sqrt(var + eps), one per output channel; factor.view(-1, 1, 1, 1) broadcasts over a filter",
+        "factor = gamma / torch.sqrt(var + eps), one per output channel; "
+        "factor.view(-1, 1, 1, 1) broadcasts over a filter",
         "f = gamma / torch.sqrt(var + eps); return (w * f.view(-1, 1, 1, 1), (b - mean) * f + beta)"))
 
 
@@ -751,7 +777,8 @@ def zero_point_matmul(fn: Callable) -> CheckResult:
     zero-point term z_x * (sum of each weight row), in integers."""
     t = torch.tensor
     g = torch.Generator().manual_seed(14)
-    qx, qw = torch.randint(0, 256, (3, 8), generator=g, dtype=torch.uint8), torch.randint(-127, 128, (4, 8), generator=g, dtype=torch.int8)
+    qx, qw = (torch.randint(0, 256, (3, 8), generator=g, dtype=torch.uint8),
+              torch.randint(-127, 128, (4, 8), generator=g, dtype=torch.int8))
     small = (t([[3, 5]], dtype=torch.uint8), 2, t([[1, -1], [2, 2]], dtype=torch.int8))
 
     def integer(f, *args):
@@ -794,7 +821,8 @@ def halving_loop(fn: Callable) -> CheckResult:
                   _halving_reference(configs, objective, [1, 3, 9], 3)),
              Case("eta 2 with 5 configs: 5, 2, 1", (configs[:5], objective, [1, 2, 4], 2),
                   _halving_reference(configs[:5], objective, [1, 2, 4], 2)),
-             Case("ties keep their order", (configs[:4], flat, [1, 2], 2), _halving_reference(configs[:4], flat, [1, 2], 2))]
+             Case("ties keep their order", (configs[:4], flat, [1, 2], 2),
+                  _halving_reference(configs[:4], flat, [1, 2], 2))]
     return run_checks("halving_loop", fn, cases, Hints(
         "train everyone cheaply, keep the best 1/eta, give the survivors the next, larger budget, and repeat "
         "until the last budget: most compute goes to the promising configs",
@@ -836,7 +864,8 @@ def all_reduce_mean(fn: Callable) -> CheckResult:
     return run_checks("all_reduce_mean", fn, cases, Hints(
         "after an all-reduce every worker holds the same average gradient, so every replica takes the same "
         "step and the models stay identical",
-        "for each parameter index p, torch.stack([worker[p] for worker in grads]).mean(0); give each worker its own copy",
+        "for each parameter index p, torch.stack([worker[p] for worker in grads]).mean(0); "
+        "give each worker its own copy",
         "mean = [torch.stack([w[p] for w in grads]).mean(0) for p in range(len(grads[0]))]; "
         "return [[m.clone() for m in mean] for _ in grads]"))
 
@@ -884,7 +913,7 @@ def _verdict(fn: Callable, body, in_shape):
         raise                                   # the stub: "not done yet"
     except ValueError as e:
         return ["ValueError", bool(str(e))]
-    except Exception as e:  # noqa: BLE001 - the wrong kind of error is a wrong answer
+    except Exception as e:  # the wrong kind of error is a wrong answer
         return [type(e).__name__, bool(str(e))]
     return ["tensor", out] if torch.is_tensor(out) else [type(out).__name__, out]
 
@@ -899,7 +928,8 @@ def validate_request(fn: Callable) -> CheckResult:
                   expected=["tensor", t4 := torch.tensor(good["inputs"], dtype=torch.float32)]),
              Case("two images", call=lambda f: _verdict(f, {"inputs": good["inputs"] * 2}, shape),
                   expected=["tensor", torch.cat([t4, t4])]),
-             Case("no 'inputs' key", call=lambda f: _verdict(f, {"x": good["inputs"]}, shape), expected=["ValueError", True]),
+             Case("no 'inputs' key", call=lambda f: _verdict(f, {"x": good["inputs"]}, shape),
+                  expected=["ValueError", True]),
              Case("not a dict", call=lambda f: _verdict(f, [1, 2], shape), expected=["ValueError", True]),
              Case("wrong image shape", call=lambda f: _verdict(f, {"inputs": [[[0.5, 1.0]]]}, shape),
                   expected=["ValueError", True]),
@@ -913,6 +943,8 @@ def validate_request(fn: Callable) -> CheckResult:
         "key, the shape and the values, and only then build the tensor",
         "isinstance(body, dict); torch.tensor(lists, dtype=torch.float32) raises (ValueError / TypeError) on "
         "ragged or non-numeric lists: turn that into your own ValueError; .shape[1:] and torch.isfinite(x).all()",
-        "if not isinstance(body, dict) or 'inputs' not in body: raise ValueError(...); try: x = torch.tensor(body['inputs'], "
-        "dtype=torch.float32) except (TypeError, ValueError, RuntimeError): raise ValueError(...); then refuse "
-        "x.dim() != len(in_shape) + 1, tuple(x.shape[1:]) != tuple(in_shape), len(x) == 0, not torch.isfinite(x).all()"))
+        "if not isinstance(body, dict) or 'inputs' not in body: raise ValueError(...); "
+        "try: x = torch.tensor(body['inputs'], dtype=torch.float32) "
+        "except (TypeError, ValueError, RuntimeError): raise ValueError(...); then refuse "
+        "x.dim() != len(in_shape) + 1, tuple(x.shape[1:]) != tuple(in_shape), "
+        "len(x) == 0, not torch.isfinite(x).all()"))

@@ -53,7 +53,7 @@ def execute(path: Path, out: Path, parameters: dict) -> tuple[str | None, str]:
     try:
         pm.execute_notebook(nb, str(out), parameters=parameters, cwd=str(path.parent),
                             kernel_name="python3", progress_bar=True)
-    except Exception as e:  # noqa: BLE001 - reported per notebook, the course goes on
+    except Exception as e:  # reported per notebook, the course goes on
         error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
     executed = nbformat.read(out, as_version=4) if out.exists() else None
     probe = [c for c in (executed.cells if executed else []) if PROBE_TAG in c.metadata.get("tags", [])]
@@ -80,7 +80,8 @@ def run_course(paths: list[Path], parameters: dict | None = None, bands_dir: Pat
         problems = [error] if error else check_bands(results, bands)
         rows.append({"notebook": path.stem, "seconds": round(seconds, 1),
                      "status": "error" if error else ("outside band" if problems else "ok"),
-                     "device": device, "data": {True: "real", False: "stand-in"}.get(results.get("real_data"), "unknown"),
+                     "device": device,
+                     "data": {True: "real", False: "stand-in"}.get(results.get("real_data"), "unknown"),
                      "problems": problems, "results": results, "bands": bands,
                      "references": load_bands(path.stem, "references", folder), "executed": str(out_dir / path.name)})
         print(f"    {rows[-1]['status']} in {seconds:.0f} s" + "".join(f"\n    - {p}" for p in problems))
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("only", nargs="*", help="notebook name prefixes, e.g. 00 02")
     ap.add_argument("--notebooks", type=Path, default=NOTEBOOK_DIR, help="folder of NN_name.ipynb notebooks")
-    ap.add_argument("--bands", type=Path, default=None, help="folder of NN_name.json bands (default: <notebooks>/bands)")
+    ap.add_argument("--bands", type=Path, default=None,
+                    help="folder of NN_name.json bands (default: <notebooks>/bands)")
     ap.add_argument("-p", "--parameter", type=parse_parameter, action="append", default=[], metavar="NAME=VALUE",
                     help="papermill parameter, e.g. -p SMOKE=true (then the smoke bands apply)")
     args = ap.parse_args(argv)

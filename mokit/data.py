@@ -378,7 +378,7 @@ def _load_real(name: str, split: str, root: Path):
     try:  # a real download, when the network allows
         target = cache_root() / "downloads"
         ds = cls(str(target), train=train, download=True)
-    except Exception as e:  # noqa: BLE001 - no network, blocked host, ...
+    except Exception as e:  # no network, blocked host, ...
         warnings.warn(f"could not download {name}: {e}", stacklevel=3)
         return None
     if name == "cifar10":
@@ -434,7 +434,7 @@ def _load_image_folder(folder: Path, spec: Spec) -> tuple[torch.Tensor, torch.Te
         try:
             with Image.open(p) as im:
                 arr = torch.frombuffer(bytearray(im.convert("RGB").tobytes()), dtype=torch.uint8)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise ValueError(f"cannot decode image {p}: {e}") from e
         c, h, w = spec.shape
         if arr.numel() != h * w * c:
@@ -653,7 +653,7 @@ def decode_jpegs(files: list[bytes], shape: tuple[int, int, int], *, device=None
         batch = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files[start:start + chunk]]
         try:
             images = decode_jpeg(batch, mode=mode, device=device)
-        except Exception as e:  # noqa: BLE001 - a damaged file (CPU) is named; a GPU decoder falls back
+        except Exception as e:  # a damaged file (CPU) is named; a GPU decoder falls back
             if device.type == "cpu":
                 raise ValueError(f"cannot decode a JPEG among images {start}..{start + len(batch) - 1} "
                                  f"of {where}: {e}") from e

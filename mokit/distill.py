@@ -284,8 +284,9 @@ class HintStudent(nn.Module):
             if not isinstance(s, torch.Tensor) or not isinstance(t, torch.Tensor):
                 raise ValueError("the hint layers must output tensors")
             if s.dim() != t.dim() or s.dim() not in (2, 4) or (s.dim() == 4 and s.shape[2:] != t.shape[2:]):
-                raise ValueError(f"hint layers do not line up: student {tuple(s.shape[1:])}, teacher {tuple(t.shape[1:])}")
-        except Exception as e:                          # noqa: BLE001 - no hook is left on the caller's models
+                raise ValueError(f"hint layers do not line up: student {tuple(s.shape[1:])}, "
+                                 f"teacher {tuple(t.shape[1:])}")
+        except Exception as e:                          # no hook is left on the caller's models
             self.remove_hooks()
             if isinstance(e, ValueError):
                 raise
@@ -309,7 +310,8 @@ def hint_loss(model: HintStudent, *, weight: float = 1.0, temperature: float = 4
               alpha: float = 0.9) -> Callable:
     """loss_fn = kd_loss(...) + weight * mean (adapter(student features) - teacher features)^2."""
     if not isinstance(model, HintStudent):
-        raise TypeError(f"model must be a HintStudent (the student wrapped with its adapter), got {type(model).__name__}")
+        raise TypeError("model must be a HintStudent (the student wrapped with its adapter), "
+                        f"got {type(model).__name__}")
     weight = validate.number("weight", weight, low=0, what="hint weight, the feature term's share")
     temperature, alpha = check_temperature(temperature), check_alpha(alpha)
     teacher = model._teacher[0]

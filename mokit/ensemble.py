@@ -132,7 +132,7 @@ COMBINE: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 
 def vote(logits: torch.Tensor) -> torch.Tensor:
     """Majority vote: (M, N, K) member logits -> (N,) classes; ties go to the larger mean probability."""
-    m, _, k = logits.shape
+    _, _, k = logits.shape
     counts = F.one_hot(logits.argmax(2), k).sum(0).float()            # (N, K) votes per class
     tie_break = F.softmax(logits, dim=2).mean(0)                       # (N, K) in [0, 1)
     return (counts + tie_break / 2).argmax(1)                          # a vote outweighs any tie-break
@@ -228,9 +228,9 @@ def greedy_soup(models: Sequence[nn.Module], val_data: TensorData) -> tuple[nn.M
     order = sorted(score, key=score.get, reverse=True)
     chosen, best = [order[0]], score[order[0]]
     for i in order[1:]:
-        acc = evaluate(average_weights([models[j] for j in chosen + [i]]), val_data)["accuracy"]
+        acc = evaluate(average_weights([models[j] for j in [*chosen, i]]), val_data)["accuracy"]
         if acc >= best:
-            chosen, best = chosen + [i], acc
+            chosen, best = [*chosen, i], acc
     return average_weights([models[j] for j in chosen]), chosen
 
 

@@ -349,7 +349,8 @@ def _check_manifest(path: Path, members: dict[str, bytes]) -> None:
                       f"missing: {sorted(listed - present)})")
     for name in sorted(present):
         if hashlib.sha256(members[name]).hexdigest() != names[name]:
-            _refuse(path, f"member {name} does not match its SHA-256 in the manifest: the file was altered after export")
+            _refuse(path, f"member {name} does not match its SHA-256 in the manifest: "
+                          "the file was altered after export")
 
 
 def _check_pickle(path: Path, name: str, payload: bytes) -> None:

@@ -178,7 +178,7 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu"):
     path = Path(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file's name
+    except Exception as e:  # re-raised with the file's name
         raise ValueError(f"cannot read {path}: the file is corrupt or not a mokit file ({e})") from e
 
 
@@ -190,7 +190,7 @@ def plain(value, name: str = "value", *, finite: bool = True):
     search's metrics, where a failed side metric may be NaN) keeps them as floats.
     """
     torch, np = sys.modules.get("torch"), sys.modules.get("numpy")    # a tensor means torch is loaded
-    if torch is not None and torch.is_tensor(value) or np is not None and isinstance(value, np.ndarray):
+    if (torch is not None and torch.is_tensor(value)) or (np is not None and isinstance(value, np.ndarray)):
         return plain(value.tolist(), name, finite=finite)
     if np is not None and isinstance(value, (np.bool_, np.integer, np.floating)):     # longdouble too
         value = bool(value) if isinstance(value, np.bool_) else int(value) if isinstance(value, np.integer) \

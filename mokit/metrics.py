@@ -39,7 +39,7 @@ def _labels(name: str, t, num_classes: int | None = None) -> torch.Tensor:
     if t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer class labels, got dtype {t.dtype}")
     t = t.detach().cpu()
-    if t.is_floating_point():
+    if t.is_floating_point():  # noqa: SIM102 - the float case, then its test
         if not bool(torch.isfinite(t).all()) or not bool((t == t.round()).all()):
             raise ValueError(f"{name} must hold integer class labels; it has non-integer values "
                              f"such as {t[(~torch.isfinite(t)) | (t != t.round())][0].item()!r}")

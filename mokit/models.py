@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -161,7 +162,7 @@ def mlp(hidden: Sequence[int] = (300, 100), in_shape=(1, 28, 28), num_classes: i
     validate.choice("activation", activation, ACTIVATIONS)
     dropout = validate.number("dropout", dropout, low=0, high=1, high_open=True)
     sizes = [math.prod(in_shape), *hidden, num_classes]
-    _check_params(f"mlp(hidden={hidden}, in_shape={in_shape})", sum((a + 1) * b for a, b in zip(sizes, sizes[1:])))
+    _check_params(f"mlp(hidden={hidden}, in_shape={in_shape})", sum((a + 1) * b for a, b in pairwise(sizes)))
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(in_shape)
     for h in hidden:
@@ -211,7 +212,7 @@ def convnet(channels: Sequence[int] = (32, 64), kernel_sizes: Sequence[int] | in
     width = _flat_size(features, in_shape, f"convnet(channels={channels})")
     sizes = [width, *dense, num_classes]
     _check_params(f"convnet(channels={channels}, dense={dense}) on {in_shape}",
-                  conv_params + sum((a + 1) * b for a, b in zip(sizes, sizes[1:])))
+                  conv_params + sum((a + 1) * b for a, b in pairwise(sizes)))
     head: list[nn.Module] = []
     for h in dense:
         head += [nn.Linear(width, h), _activation(activation)]

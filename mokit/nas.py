@@ -168,7 +168,7 @@ MUTATIONS: dict[str, Callable] = {
     if _active(s, c, "k") else None,
     "pool": lambda s, c, r: _step(s, c, r.choice(_active(s, c, "pool")), r.choice((-1, 1)))
     if _active(s, c, "pool") else None,
-    "dense": lambda s, c, r: _step(s, c, r.choice(["n_dense"] + _active(s, c, "d")), r.choice((-1, 1)))
+    "dense": lambda s, c, r: _step(s, c, r.choice(["n_dense", *_active(s, c, "d")]), r.choice((-1, 1)))
     if "n_dense" in c else None,
     "activation": lambda s, c, r: {**c, "activation": r.choice(
         [o for o in s["activation"].options if o != c["activation"]])} if len(s["activation"].options) > 1 else None,

@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -265,7 +266,7 @@ def split_sequential(model: nn.Module, split: int | Sequence[int]) -> list[nn.Se
     if points != sorted(set(points)):
         raise ValueError(f"split points must be strictly increasing, got {points}")
     bounds = [0, *points, n]
-    return [model[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [model[a:b] for a, b in pairwise(bounds)]
 
 
 def _pipeline_worker(rank: int, world_size: int, backend: str, stages: list, chunks: list,

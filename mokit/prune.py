@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Sequence
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -330,7 +331,8 @@ def _check_fine_tune(model: nn.Module, data, epochs, train_kw: dict) -> None:
     """The train() arguments of a prune-then-train run, checked before the first weight is pruned."""
     if "on_step" in train_kw:
         raise ValueError("on_step is taken: the pruning passes its masks to train() as on_step; "
-                         "to run your own hook too, train() yourself with on_step=lambda m, i: (masks(m, i), hook(m, i))")
+                         "to run your own hook too, "
+                         "train() yourself with on_step=lambda m, i: (masks(m, i), hook(m, i))")
     check_train_args(model, data, epochs=epochs, **train_kw)
 
 
@@ -353,7 +355,8 @@ def prune_iterative(model: nn.Module, data, sparsity: float, *, rounds: int, epo
     check_sparsity(sparsity)
     _check_prune(prune)
     epochs = validate.integer("epochs", epochs, low=1, what="passes over the data, shared out over the rounds")
-    rounds = validate.integer("rounds", rounds, low=1, high=epochs, what=f"each round trains >= 1 of the {epochs} epochs")
+    rounds = validate.integer("rounds", rounds, low=1, high=epochs,
+                              what=f"each round trains >= 1 of the {epochs} epochs")
     _check_fine_tune(model, data, epochs, train_kw)
     masks = Masks()
     for r in range(1, rounds + 1):
@@ -429,7 +432,8 @@ def _check_scan(scan, sizes) -> None:
     for name, curve in scan.items():
         validate.integer(f"sizes[{name!r}]", sizes[name], low=1, what="weights in the layer")
         if not isinstance(curve, dict):
-            raise TypeError(f"the scan of layer {name!r} must be a dict sparsity -> accuracy, got {type(curve).__name__}")
+            raise TypeError(f"the scan of layer {name!r} must be a dict sparsity -> accuracy, "
+                            f"got {type(curve).__name__}")
         for s, acc in curve.items():
             check_sparsity(s)
             validate.number(f"the accuracy of layer {name!r} at sparsity {s}", acc)
@@ -462,7 +466,7 @@ def allocate_sparsity(scan: dict[str, dict[float, float]], sizes: dict[str, int]
                                       >= (pt[1] - hull[-2][1]) * (hull[-1][0] - hull[-2][0])):
                 hull.pop()
             hull.append(pt)
-        for (s0, d0), (s1, d1) in zip(hull, hull[1:]):
+        for (s0, d0), (s1, d1) in pairwise(hull):
             steps.append(((d1 - d0) / (sizes[name] * (s1 - s0)), name, s0, s1))
     total = sum(sizes.values())
     reachable = sum(sizes[n] * max(scan[n]) for n in scan) / total
@@ -556,7 +560,7 @@ def _chain(model: nn.Module) -> list[tuple[int, int]]:
             raise TypeError(f"structured pruning cannot handle a {type(m).__name__} layer; it handles "
                             f"{', '.join(t.__name__ for t in PRUNABLE + PASS_THROUGH)}")
     pos = [i for i, m in enumerate(layers) if isinstance(m, PRUNABLE)]
-    return list(zip(pos, pos[1:]))
+    return list(pairwise(pos))
 
 
 def _units(m: nn.Module) -> int:
@@ -708,7 +712,8 @@ def mask_channels(model: nn.Sequential, keep: dict[int, torch.Tensor]) -> nn.Seq
         with torch.no_grad():
             for j in range(p, c):
                 m = out[j]
-                if isinstance(m, PRUNABLE + (nn.BatchNorm1d, nn.BatchNorm2d)) and getattr(m, "weight", None) is not None:
+                if (isinstance(m, (*PRUNABLE, nn.BatchNorm1d, nn.BatchNorm2d))
+                        and getattr(m, "weight", None) is not None):
                     m.weight[drop] = 0
                     if m.bias is not None:
                         m.bias[drop] = 0
@@ -807,7 +812,7 @@ def deepen(model: nn.Sequential, position: int) -> nn.Sequential:
     if not 0 <= position < len(layers) or not isinstance(layers[position], nn.ReLU):
         raise ValueError(f"position {position} must be a ReLU in the model; ReLUs at "
                          f"{[i for i, m in enumerate(layers) if isinstance(m, nn.ReLU)]}")
-    before = [m for m in layers[:position] if isinstance(m, PRUNABLE + (nn.Flatten,))]
+    before = [m for m in layers[:position] if isinstance(m, (*PRUNABLE, nn.Flatten))]
     last = before[-1] if before else None
     device = next(model.parameters()).device
     if isinstance(last, nn.Linear):

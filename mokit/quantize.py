@@ -136,7 +136,7 @@ CALIBRATOR_OPTIONS: dict[str, tuple[str, ...]] = {"minmax": (), "percentile": ("
 def _calib_kw(method: str, kw: dict) -> None:
     valid = CALIBRATOR_OPTIONS[method]
     for k in kw:
-        if k not in ("num_bits", "symmetric") + valid:
+        if k not in ("num_bits", "symmetric", *valid):
             raise ValueError(f"unknown keyword {k!r} for calibrate={method!r}; valid: "
                              f"{', '.join(valid) if valid else 'none (minmax has no options)'}")
 

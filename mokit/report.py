@@ -88,7 +88,8 @@ def render(rows: list[dict], title: str = "mokit course report") -> str:
         in_band = n_bands - len(check_bands(row.get("results", {}), row.get("bands", {})))
         problems = "<br>".join(escape(p) for p in row.get("problems", []))
         link = f"<a href='#{escape(row['notebook'])}'>{escape(row['notebook'])}</a>"
-        summary.append(f"<tr{'' if status == 'ok' else ' class=bad'}><td>{link}</td><td class={css}>{escape(status)}</td>"
+        summary.append(f"<tr{'' if status == 'ok' else ' class=bad'}><td>{link}</td>"
+                       f"<td class={css}>{escape(status)}</td>"
                        f"<td class=num>{row['seconds']:.1f}</td><td>{escape(row.get('device', '?'))}</td>"
                        f"<td>{escape(row.get('data', '?'))}</td><td class=num>{in_band} of {n_bands}</td>"
                        f"<td>{problems}</td></tr>")
@@ -96,7 +97,8 @@ def render(rows: list[dict], title: str = "mokit course report") -> str:
                          for i, b64 in enumerate(row.get("images", [])))
         sections.append(f"<h2 id='{escape(row['notebook'])}'>{escape(row['notebook'])} "
                         f"<span class={css}>{escape(status)}</span></h2>{_numbers_table(row)}{_claims_table(row)}"
-                        + (f"<details open><summary>{len(row['images'])} plots</summary>{images}</details>" if images else ""))
+                        + (f"<details open><summary>{len(row['images'])} plots</summary>{images}</details>"
+                           if images else ""))
     ok = sum(r["status"] == "ok" for r in rows)
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{escape(title)}</h1>"

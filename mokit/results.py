@@ -77,7 +77,7 @@ def claim(notebook: str, name: str, held, if_held: str, otherwise: str, **eviden
         if (held.numel() if torch.is_tensor(held) else held.size) != 1:
             raise ValueError(f"claim {name!r}: held must be one condition, got a {tuple(held.shape)} array")
         held = held.item()
-    if held is None or isinstance(held, (float, np.floating)) and math.isnan(held):
+    if held is None or (isinstance(held, (float, np.floating)) and math.isnan(held)):
         raise ValueError(f"claim {name!r}: held must be a measured condition (True / False), got {held!r}")
     for label, text in (("if_held", if_held), ("otherwise", otherwise)):
         if not isinstance(text, str) or not text.strip():

@@ -16,7 +16,7 @@ import numpy as np
 INPUT, OUTPUT = "input", "logits"   # tensor names inside every ONNX file mokit exports
 
 
-def load_session(path: "str | os.PathLike", *, threads: "int | None" = 1):
+def load_session(path: str | os.PathLike, *, threads: int | None = 1):
     """An ONNX Runtime CPU session for the file at `path` (threads=None: ORT's default, all cores).
 
     Spinning worker threads are switched off: on a shared 2-core machine they steal the CPU.
@@ -56,7 +56,7 @@ def check_batch(x, in_shape: Sequence[int]) -> np.ndarray:
 class OrtModel:
     """An ONNX file in an ONNX Runtime session: run(x (B, *in_shape)) -> logits (B, K), numpy."""
 
-    def __init__(self, path: "str | os.PathLike", *, threads: "int | None" = 1):
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = 1):
         self.path = Path(path)
         self.session = load_session(self.path, threads=threads)
         dims = self.session.get_inputs()[0].shape[1:]

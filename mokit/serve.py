@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from . import validate
-from .procs import free_port, stop_process  # noqa: F401 - free_port re-exported
+from .procs import free_port, stop_process  # free_port re-exported
 from .runtime import INPUT, OUTPUT, OrtModel, check_batch, load_session  # noqa: F401 - re-exported
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)   # seconds
@@ -59,7 +59,8 @@ class TooLarge(ValueError):
 def check_version(version, name: str = "version") -> str:
     """A model version: 1-64 characters, letters, digits and . _ + - (starting with a letter or digit)."""
     if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
-        shown = version if not isinstance(version, str) or len(version) <= 80 else f"{version[:80]}... ({len(version)} chars)"
+        shown = (version if not isinstance(version, str) or len(version) <= 80
+                 else f"{version[:80]}... ({len(version)} chars)")
         raise ValueError(f"{name} must be 1-64 characters: letters, digits and . _ + - (starting with a letter "
                          f"or digit), got {shown!r}")
     return version
@@ -70,7 +71,7 @@ def check_settings(model_path, *, version: str = "v1", threads: "int | None" = 1
                    cli: bool = False) -> dict:
     """The service settings, checked before any work (no model loaded, no process started): ValueError
     naming a bad value, FileNotFoundError for a missing model file or model folder (cli: named as flags)."""
-    name = (lambda k: "--" + k.replace("_", "-")) if cli else (lambda k: k)    # noqa: E731
+    name = (lambda k: "--" + k.replace("_", "-")) if cli else (lambda k: k)
     model_path = Path(model_path)
     if not model_path.is_file():
         raise FileNotFoundError(f"no ONNX model file at {model_path}")
@@ -120,7 +121,8 @@ class ModelSlot:
             raise TypeError(f"path must be a file name (a string), got {type(path).__name__}")
         path = Path(path).resolve()
         if not path.is_relative_to(self.model_dir):
-            raise PermissionError(f"{path} is outside the model folder {self.model_dir}; only files there may be served")
+            raise PermissionError(f"{path} is outside the model folder {self.model_dir}; "
+                                  "only files there may be served")
         model = OrtModel(path, threads=self.threads)          # FileNotFoundError / ValueError / OSError
         if model.in_shape != self.in_shape:
             raise ValueError(f"{path.name} takes inputs {model.in_shape}; the service takes {self.in_shape}")
@@ -325,7 +327,8 @@ class Server:
         if port is not None:
             port = validate.integer("port", port, low=1, high=65535, what="or None: a free one")
         startup_timeout = validate.number("startup_timeout", startup_timeout, low=0, low_open=True)
-        self.model_path, threads, max_body_bytes = settings["model_path"], settings["threads"], settings["max_body_bytes"]
+        self.model_path, threads, max_body_bytes = (settings["model_path"], settings["threads"],
+                                                    settings["max_body_bytes"])
         self.version, self.threads, self.host, self.port = version, threads, host, port
         self.max_body_bytes, self.model_dir, self.startup_timeout = max_body_bytes, model_dir, startup_timeout
         self.proc: subprocess.Popen | None = None
@@ -348,7 +351,7 @@ class Server:
                "--max-body-bytes", str(self.max_body_bytes), "--parent-pid", str(os.getpid())]
         if self.model_dir is not None:
             cmd += ["--model-dir", str(self.model_dir)]
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - the server's log, open while it runs
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self._finalizer = weakref.finalize(self, stop_process, self.proc)    # runs at exit too
         try:
@@ -475,7 +478,8 @@ def load_test(url: str, bodies: Sequence[bytes], *, requests: int = 2000, concur
     the versions that answered and the swap's result.
     """
     if requests < 1 or concurrency < 1 or not bodies:
-        raise ValueError(f"need requests >= 1, concurrency >= 1 and bodies; got {requests}, {concurrency}, {len(bodies)}")
+        raise ValueError("need requests >= 1, concurrency >= 1 and bodies; "
+                         f"got {requests}, {concurrency}, {len(bodies)}")
     if not 0 <= swap_after <= 1:
         raise ValueError(f"swap_after is a fraction of the requests in [0, 1], got {swap_after}")
     parts = urlsplit(url)

@@ -90,7 +90,8 @@ def stub_cell(source: str, where: str = "cell") -> tuple[str, list[tuple[str, st
             hint = _hint(lines, begin, def_line)
             function = lines[def_line].strip().removeprefix("def ").split("(")[0]
             found.append((function, hint))
-            out.append(" " * indent + "raise NotImplementedError(" + json.dumps("Exercise: " + hint, ensure_ascii=False) + ")")
+            out.append(" " * indent + "raise NotImplementedError("
+                       + json.dumps("Exercise: " + hint, ensure_ascii=False) + ")")
             begin = None
         elif begin is None:
             out.append(line)
@@ -104,7 +105,7 @@ def find_exercises(path: Path) -> list[Exercise]:
     nb = nbformat.read(path, as_version=4)
     exercises = []
     for i, cell in enumerate(nb.cells):
-        if cell.cell_type != "code" or BEGIN not in cell.source and END not in cell.source:
+        if cell.cell_type != "code" or (BEGIN not in cell.source and END not in cell.source):
             continue
         stub, found = stub_cell(cell.source, f"{path.name}, cell {i}")
         nxt = next((c for c in nb.cells[i + 1:] if c.cell_type == "code"), None)

@@ -379,9 +379,11 @@ def train(model: nn.Module, data: TensorData | Iterable, *, epochs: int = 5,
           optimizer: str | Callable[..., torch.optim.Optimizer] = "adam",
           lr: float | None = None, schedule: str | Callable[[float], float] = "cosine",
           batch_size: int = 128, weight_decay: float | None = None, momentum: float | None = None,
-          optimizer_kw: dict | None = None, loss_fn: Callable = cross_entropy, label_smoothing: float = 0.0, on_step: Callable | None = None,
+          optimizer_kw: dict | None = None, loss_fn: Callable = cross_entropy, label_smoothing: float = 0.0,
+          on_step: Callable | None = None,
           val_data: TensorData | None = None, augment: bool | str = False, lookahead: bool = False,
-          freeze: dict[str, float] | None = None, precision: str = "fp32", channels_last: bool | None = None, seed: int = 0,
+          freeze: dict[str, float] | None = None, precision: str = "fp32", channels_last: bool | None = None,
+          seed: int = 0,
           device: str | torch.device | None = None, progress: bool = True) -> History:
     """Train `model` in place on `data` and return its History.
 
@@ -421,7 +423,7 @@ def train(model: nn.Module, data: TensorData | Iterable, *, epochs: int = 5,
     else:
         batches = data
     if label_smoothing:
-        def loss_fn(out, y, x=None):                         # noqa: F811 - the smoothed default
+        def loss_fn(out, y, x=None):                         # the smoothed default
             return F.cross_entropy(out, y, label_smoothing=label_smoothing)
     if isinstance(optimizer, str):
         opt = OPTIMIZERS[optimizer][0](model.parameters(), lr=lr, weight_decay=a["weight_decay"], **a["optimizer_kw"])
@@ -434,7 +436,8 @@ def train(model: nn.Module, data: TensorData | Iterable, *, epochs: int = 5,
     total = epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: sched(min(s / total, 1.0)))
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    hooks = [h for h in (Lookahead(model) if lookahead else None, FreezeAfter(model, a["freeze"]) if a["freeze"] else None,
+    hooks = [h for h in (Lookahead(model) if lookahead else None,
+                         FreezeAfter(model, a["freeze"]) if a["freeze"] else None,
                          on_step) if h is not None]
     progress = a["progress"]
 

@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="*", default=[], metavar="NAME",
                     help=f"extra datasets the class will set DATASET to (of: {', '.join(list_datasets())})")
-    ap.add_argument("--smoke", action="store_true", help="the tests' tiny settings (checks the command, warms nothing real)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="the tests' tiny settings (checks the command, warms nothing real)")
     ap.add_argument("--no-student", action="store_true", help="skip writing the student copies")
     ap.add_argument("--student-out", default=None, help="where the student copies go (default: student/)")
     args = ap.parse_args(argv)

@@ -102,8 +102,8 @@ def baseline(model_name: str, *, smoke: bool = False, dataset: str | None = None
              device=None, progress: bool = True) -> tuple[nn.Module, dict]:
     """The baseline `model_name` trained by its RECIPES entry, loaded from its checkpoint if present.
 
-    smoke=True trains 1 epoch (or the recipe's smoke_epochs) on SMOKE_TRAIN examples (tests); it never shares a checkpoint with
-    the full recipe. Returns (model, info) where info has "train", "test" (TensorData on the
+    smoke=True trains 1 epoch (or the recipe's smoke_epochs) on SMOKE_TRAIN examples (tests); it never shares a
+    checkpoint with the full recipe. Returns (model, info) where info has "train", "test" (TensorData on the
     device), "test_acc" and "seconds" (training time, 0 if it was loaded). The model is in eval mode.
     """
     from .data import load_dataset

@@ -1,7 +1,7 @@
 """The widgets in a real browser: JupyterLab from .venv, headless Chromium driven by Playwright.
 
-Notebooks 02 and 04 (SMOKE=True, cut after the slider's cell) are opened in JupyterLab and run; then the sparsity slider (02)
-and the bit-width slider (04) are moved with the keyboard, and the panel's printed output must change
+Notebooks 02 and 04 (SMOKE=True, cut after the slider's cell) are opened in JupyterLab and run; then the sparsity
+slider (02) and the bit-width slider (04) are moved with the keyboard, and the panel's printed output must change
 to the new value. Screenshots (before/after each move, and a plot) go to runs/browser/. Needs
 Debian's `chromium` (/usr/bin/chromium, `apt-get install chromium`) and the `playwright` package -
 never `playwright install`. Skipped when either is missing, unless MOKIT_BROWSER=required (as in .ci/run).
@@ -89,9 +89,10 @@ def lab(tmp_path_factory):
     news = root / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
     news.write_text('{"fetchNews": "false"}')    # no "get notified about Jupyter news?" toast
-    log = open(root / "lab.log", "wb")
+    log = open(root / "lab.log", "wb")  # noqa: SIM115 - the server's log, closed in the finally below
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                              env=os.environ | {"MOKIT_PROGRESS": "0", "JUPYTERLAB_SETTINGS_DIR": str(root / "settings"),
+                              env=os.environ | {"MOKIT_PROGRESS": "0",
+                                                "JUPYTERLAB_SETTINGS_DIR": str(root / "settings"),
                                                 "JUPYTERLAB_WORKSPACES_DIR": str(root / "workspaces")})
     try:
         url = f"http://127.0.0.1:{port}"

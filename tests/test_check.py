@@ -23,7 +23,8 @@ def square(x):
 
 
 def cases():
-    return [check.Case("2 squared", (2.0,), 4.0), check.Case("a vector", (torch.tensor([1.0, 3.0]),), torch.tensor([1.0, 9.0]))]
+    return [check.Case("2 squared", (2.0,), 4.0),
+            check.Case("a vector", (torch.tensor([1.0, 3.0]),), torch.tensor([1.0, 9.0]))]
 
 
 def test_pass_prints_a_clear_line_and_is_truthy(capsys):
@@ -207,7 +208,8 @@ RIGHT_AND_WRONG = {
     "global_magnitude_masks": (_global, lambda ws, s: [prune.magnitude_mask(w.abs(), s) for w in ws]),
     "agp_sparsity": (lambda t, s: prune.agp_sparsity(t, s), lambda t, s: s * t ** 3),
     "channels_to_keep": (lambda w, s: check._keep_reference(w, s),
-                         lambda w, s: torch.topk(w.flatten(1).sum(1), max(1, round((1 - s) * len(w)))).indices.sort().values),
+                         lambda w, s: torch.topk(w.flatten(1).sum(1),
+                                                 max(1, round((1 - s) * len(w)))).indices.sort().values),
     "per_channel_qparams": (_qparams, lambda w, b: Q.compute_qparams(w.amin(1), w.amax(1), b, symmetric=True)),
     "fake_quantize": (_fake, lambda w, s, z, b: s[:, None] * (torch.round(w / s[:, None]) + z[:, None] - z[:, None])),
     "soft_targets": (distill.soft_targets, lambda z, t: torch.softmax(z / t, dim=0)),

@@ -135,7 +135,7 @@ def test_pack_round_trip_keeps_bytes_images_and_labels(tmp_path, monkeypatch):
     assert out.stat().st_size < total              # the shared header is stored once
     spec = data.DATASETS["cifar10"]
     for split, n in zip(data.SPLITS, (20, 10)):
-        files, labels = splits[split]
+        files, _labels = splits[split]
         originals = sorted((tree / split).rglob("*.jpg"))
         assert len(files) == n and [f for f in files] == [p.read_bytes() for p in originals]
         ref_x, ref_y = data._load_image_folder(tree / split, spec)     # PIL, file by file
@@ -181,7 +181,7 @@ def test_pack_refuses_bad_folders_before_writing(tmp_path):
         data.pack_image_folder(tree, out)
     (tree / "test" / "cat" / "0001.jpg").unlink()
     (tree / "test" / "cat").rename(tree / "test" / "kitten")
-    with pytest.raises(ValueError, match="class folders .* differ"):
+    with pytest.raises(ValueError, match=r"class folders .* differ"):
         data.pack_image_folder(tree, out)
     assert not out.exists()
     other = _jpeg_tree(tmp_path / "mnist_like", per_class=(1, 1))

@@ -84,7 +84,8 @@ def test_cached_distillation_equals_live_teacher(tiny):
             cache = CachedTeacher(teacher, tr, seed=0)
             train(student, cache, epochs=2, loss_fn=distill_loss(cache, temperature=3, alpha=0.7), progress=False)
         else:
-            train(student, tr, epochs=2, seed=0, loss_fn=distill_loss(teacher, temperature=3, alpha=0.7), progress=False)
+            train(student, tr, epochs=2, seed=0, loss_fn=distill_loss(teacher, temperature=3, alpha=0.7),
+                  progress=False)
         runs.append(predict(student, te))
     assert torch.allclose(runs[0], runs[1], atol=1e-4)
 

@@ -15,10 +15,12 @@ MODULES = sorted(m.name for m in pkgutil.walk_packages(mokit.__path__, "mokit.")
 def test_docstring_examples_run(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
-    assert result.failed == 0, f"{name}: {result.failed} of {result.attempted} docstring examples failed (run python -m doctest -v)"
+    assert result.failed == 0, (f"{name}: {result.failed} of {result.attempted} docstring examples failed "
+                                "(run python -m doctest -v)")
 
 
 def test_the_usage_blocks_are_examples():
     attempted = {name: doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS,
-                                       verbose=False, report=False).attempted for name in ("mokit.validate", "mokit.metrics")}
+                                       verbose=False, report=False).attempted
+                 for name in ("mokit.validate", "mokit.metrics")}
     assert all(n >= 2 for n in attempted.values()), attempted

@@ -79,10 +79,10 @@ def test_ensemble_module_matches_members(members):
 
 
 def test_fit_weights_prefers_the_good_member(members):
-    tr, te, models = members
+    _tr, te, models = members
     seed_everything(9)
     bad = create_model("mlp", hidden=(32,))                      # untrained
-    w = fit_weights(models[:1] + [bad], te)
+    w = fit_weights([*models[:1], bad], te)
     assert w.shape == (2,) and abs(w.sum().item() - 1) < 1e-6 and w[0] > 0.8
 
 
@@ -104,7 +104,8 @@ def test_ensemble_distills_into_student(members):
     tr, te, models = members
     seed_everything(0)
     student = create_model("mlp", hidden=(16,))
-    train(student, tr, epochs=5, lr=3e-3, loss_fn=distill_loss(Ensemble(models), temperature=2, alpha=0.9), progress=False)
+    train(student, tr, epochs=5, lr=3e-3, loss_fn=distill_loss(Ensemble(models), temperature=2, alpha=0.9),
+          progress=False)
     assert evaluate(student, te)["accuracy"] > 50
 
 
@@ -171,7 +172,8 @@ BAD_ENSEMBLE = [
     ("Ensemble weights str", lambda ms, d: Ensemble(ms, weights="ab"), "weights must be 2"),
     ("Ensemble weights number", lambda ms, d: Ensemble(ms, weights=3), "weights must be 2"),
     ("Ensemble weights zero", lambda ms, d: Ensemble(ms, weights=[0, 0]), "weights must be 2"),
-    ("Ensemble weights bool tensor", lambda ms, d: Ensemble(ms, weights=torch.tensor([True, True])), "weights must be 2"),
+    ("Ensemble weights bool tensor", lambda ms, d: Ensemble(ms, weights=torch.tensor([True, True])),
+     "weights must be 2"),
     ("Ensemble in_shape 0", lambda ms, d: Ensemble(ms, in_shape=(0, 28, 28)), "in_shape"),
     ("Ensemble in_shape str", lambda ms, d: Ensemble(ms, in_shape="abc"), "in_shape"),
     ("Ensemble in_shape misfit", lambda ms, d: Ensemble(ms, in_shape=(3, 32, 32)), "cannot run"),

@@ -1,5 +1,7 @@
 """mokit.export: ONNX files equal PyTorch within 1e-4, ORT int8, torch.export, clear errors."""
 
+from typing import ClassVar
+
 import numpy as np
 import pytest
 import torch
@@ -76,18 +78,18 @@ def test_bad_input_is_named(lenet5_onnx, tmp_path):
     model, path = lenet5_onnx
     with pytest.raises(ValueError, match=r"in_shape must be positive integers.*\(0, 28, 28\)"):
         E.export_onnx(model, tmp_path / "x.onnx", (0, 28, 28))
-    with pytest.raises(TypeError, match="must be an nn.Module"):
+    with pytest.raises(TypeError, match=r"must be an nn\.Module"):
         E.export_onnx("lenet5", tmp_path / "x.onnx", (1, 28, 28))
-    with pytest.raises(FileNotFoundError, match="no ONNX model file at .*missing.onnx"):
+    with pytest.raises(FileNotFoundError, match=r"no ONNX model file at .*missing\.onnx"):
         E.OnnxModel(tmp_path / "missing.onnx")
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(ValueError, match="corrupt.onnx is not a loadable ONNX model"):
+    with pytest.raises(ValueError, match=r"corrupt\.onnx is not a loadable ONNX model"):
         E.OnnxModel(corrupt)
     ort_model = E.OnnxModel(path)
     with pytest.raises(ValueError, match=r"shape \(2, 3, 28, 28\); allowed: \(batch >= 1, 1, 28, 28\)"):
         ort_model(torch.zeros(2, 3, 28, 28))
-    with pytest.raises(ValueError, match="must be numbers.*dtype <U1"):
+    with pytest.raises(ValueError, match=r"must be numbers.*dtype <U1"):
         ort_model.run(np.array([["a"]]))
     with pytest.raises(ValueError, match="NaN or infinity"):
         ort_model.run(np.full((1, 1, 28, 28), np.nan, np.float32))
@@ -98,7 +100,7 @@ def test_bad_input_is_named(lenet5_onnx, tmp_path):
     with pytest.raises(ValueError, match="static int8 needs calibration data"):
         E.quantize_onnx(path, tmp_path / "q.onnx", mode="static")
     assert logging.getLogger().level == level                 # the silenced ORT logging is restored on failure
-    with pytest.raises(FileNotFoundError, match="nope.pt2"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.pt2"):
         E.load_program(tmp_path / "nope.pt2")
     assert not (tmp_path / "q.onnx").exists() and not list(tmp_path.glob(".*"))   # nothing half-written
 
@@ -123,7 +125,7 @@ def test_ledger_reads_every_notebook(tmp_path, monkeypatch):
 
 class _Spy(torch.nn.Sequential):
     """An nn.Sequential that notes the id of every instance whose tensors are moved (.cpu(), .to())."""
-    moved: list = []
+    moved: ClassVar[list] = []
 
     def _apply(self, fn, *args, **kwargs):
         _Spy.moved.append(id(self))

@@ -206,7 +206,7 @@ def test_crafted_archive_never_runs_code(program, tmp_path, case, manifest):
 
 
 def test_a_tampered_weight_is_detected(program, tmp_path):
-    model, path = program
+    _model, path = program
     members = _members(path)
     w = bytearray(members["archive/data/weights/weight_0"])
     w[:4] = b"\x00\x00\x80\x7f"                          # one weight becomes +inf

@@ -28,6 +28,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -257,7 +258,7 @@ def exercise(target: Target, arg: str, value, folders: list[Path], seconds: floa
         if valid:
             return Outcome("refused_valid", f"{arg}={value!r} is valid but was refused: {msg}"[:400])
         return Outcome("refused", msg[:200])
-    except Exception as e:                                            # noqa: BLE001 - that is the point
+    except Exception as e:                                            # that is the point
         return Outcome("crashed", f"{type(e).__name__}: {e}"[:400])
     if not valid:
         return Outcome("accepted_invalid", f"{arg}={value!r} should have been refused; returned "
@@ -328,7 +329,7 @@ TARGETS.append(Target(
         "batch_size": int_arg(int_in(1)),
         "tta": name_arg(T.TTA),
         "device": name_arg(["cpu", "tpu", "cuda:7"], valid=lambda v: v is None or v == "cpu"),
-        "data": obj_arg(DATA_EDGES[1:] + [VAL], lambda v: v is VAL),
+        "data": obj_arg([*DATA_EDGES[1:], VAL], lambda v: v is VAL),
     }, _model_ctx, _eval_check))
 
 
@@ -399,7 +400,7 @@ TARGETS.append(Target(
 
 TARGETS.append(Target(
     "prune.prune_layerwise", lambda c, kw: prune.prune_layerwise(c["model"], **kw), {"sparsity": 0.5}, {
-        "sparsity": Arg(SPARSITY.edges + [{"1": 0.5}, {"nope": 0.5}, {"1": NAN}], SPARSITY.strategy,
+        "sparsity": Arg([*SPARSITY.edges, {"1": 0.5}, {"nope": 0.5}, {"1": NAN}], SPARSITY.strategy,
                         lambda v: SPARSITY.valid(v) or same(v, {"1": 0.5}), ("sparsity", "nope")),
         "importance": IMPORTANCE,
     }, _model_ctx, lambda c, kw, out: _sparsity_check(c, kw, out) if not isinstance(kw["sparsity"], dict) else None))
@@ -465,7 +466,8 @@ TARGETS.append(Target(
     "quantize.quantize_tensor", lambda c, kw: Q.quantize_tensor(kw.pop("x"), **kw), {"x": X46, "num_bits": 4}, {
         "num_bits": int_arg(int_in(1, 16), extra=[16, 17]),
         "symmetric": flag_arg(),
-        "axis": obj_arg([None, 0, 1, -1, -2, 2, -3, 1.0, True, "0"], lambda v: v is None or (is_int(v) and -2 <= v <= 1)),
+        "axis": obj_arg([None, 0, 1, -1, -2, 2, -3, 1.0, True, "0"],
+                        lambda v: v is None or (is_int(v) and -2 <= v <= 1)),
         "calibrate": name_arg(Q.CALIBRATORS),
         "x": obj_arg(X_EDGES, lambda v: any(v is e for e in (X46, X_EDGES[6], X_EDGES[7]))),
     }, check=_qt_check))
@@ -562,8 +564,8 @@ def _kd_logits():
     return torch.randn(8, K, generator=g), torch.randn(8, K, generator=g), torch.arange(8) % K
 
 
-TEMPERATURE = num_arg(num_in(distill.MIN_TEMPERATURE, distill.MAX_TEMPERATURE), extra=[1e-3, 0.01, 4.0, 1e-38, 1e-300, 1e6, 1.5e6],
-                      low=0, high=20)
+TEMPERATURE = num_arg(num_in(distill.MIN_TEMPERATURE, distill.MAX_TEMPERATURE),
+                      extra=[1e-3, 0.01, 4.0, 1e-38, 1e-300, 1e6, 1.5e6], low=0, high=20)
 ALPHA = num_arg(num_in(0, 1), extra=[1.0, 1.0001], low=-0.5, high=1.5)
 
 TARGETS.append(Target(
@@ -682,7 +684,8 @@ TARGETS.append(Target(
 LOGITS = torch.nn.functional.one_hot(Y3, 3).float()
 TARGETS.append(Target(
     "metrics.accuracy", lambda c, kw: metrics.accuracy(kw.pop("output"), Y3), {"output": LOGITS}, {
-        "output": obj_arg([LOGITS, LOGITS.unsqueeze(-1), LOGITS[:3], Y3, torch.empty(0, 3), [0, 1], LOGITS.view(1, 4, 3)],
+        "output": obj_arg([LOGITS, LOGITS.unsqueeze(-1), LOGITS[:3], Y3, torch.empty(0, 3), [0, 1],
+                           LOGITS.view(1, 4, 3)],
                           lambda v: v is LOGITS or v is Y3, ("output", "predictions")),
     }, check=lambda c, kw, out: expect(out == 100.0, f"accuracy {out}")))
 
@@ -718,19 +721,26 @@ SEARCH_COMMON = {
 }
 
 for strategy, base, own in [
-    ("random_search", {"budget": 1, "n_trials": 4}, {"budget": int_arg(int_in(1, search.MAX_EPOCHS)), "n_trials": int_arg(int_in(1, search.MAX_COUNT))}),
-    ("grid_search", {"budget": 1, "points": 2}, {"budget": int_arg(int_in(1, search.MAX_EPOCHS)),
-                                                 "points": int_arg(lambda v: int_in(1, search.MAX_COUNT)(v) or same(v, {"b": 2}),
-                                                                  extra=[{"b": 2}, {"nope": 2}])}),
+    ("random_search", {"budget": 1, "n_trials": 4},
+     {"budget": int_arg(int_in(1, search.MAX_EPOCHS)), "n_trials": int_arg(int_in(1, search.MAX_COUNT))}),
+    ("grid_search", {"budget": 1, "points": 2},
+     {"budget": int_arg(int_in(1, search.MAX_EPOCHS)),
+      "points": int_arg(lambda v: int_in(1, search.MAX_COUNT)(v) or same(v, {"b": 2}),
+                        extra=[{"b": 2}, {"nope": 2}])}),
     ("successive_halving", {"n_configs": 4, "min_budget": 1, "max_budget": 9},
-     {"n_configs": int_arg(int_in(1, search.MAX_COUNT)), "min_budget": int_arg(int_in(1, 9), names=("min_budget", "max_budget")),
-      "max_budget": int_arg(int_in(1, search.MAX_EPOCHS), names=("max_budget", "min_budget")), "eta": int_arg(int_in(2, search.MAX_ETA))}),
+     {"n_configs": int_arg(int_in(1, search.MAX_COUNT)),
+      "min_budget": int_arg(int_in(1, 9), names=("min_budget", "max_budget")),
+      "max_budget": int_arg(int_in(1, search.MAX_EPOCHS), names=("max_budget", "min_budget")),
+      "eta": int_arg(int_in(2, search.MAX_ETA))}),
     ("hyperband", {"min_budget": 1, "max_budget": 9},
      {"min_budget": int_arg(int_in(1, 9), names=("min_budget", "max_budget")),
-      "max_budget": int_arg(int_in(1, search.MAX_EPOCHS), names=("max_budget", "min_budget")), "eta": int_arg(int_in(2, search.MAX_ETA))}),
+      "max_budget": int_arg(int_in(1, search.MAX_EPOCHS), names=("max_budget", "min_budget")),
+      "eta": int_arg(int_in(2, search.MAX_ETA))}),
     ("evolution", {"budget": 1, "n_trials": 6, "population": 3},
-     {"n_trials": int_arg(int_in(1, search.MAX_COUNT)), "population": int_arg(int_in(1, search.MAX_COUNT)), "sample_size": int_arg(int_in(1, search.MAX_COUNT))}),
-    ("hill_climb", {"budget": 1, "n_trials": 5}, {"n_trials": int_arg(int_in(1, search.MAX_COUNT)), "neighbors": int_arg(int_in(1, search.MAX_COUNT))}),
+     {"n_trials": int_arg(int_in(1, search.MAX_COUNT)), "population": int_arg(int_in(1, search.MAX_COUNT)),
+      "sample_size": int_arg(int_in(1, search.MAX_COUNT))}),
+    ("hill_climb", {"budget": 1, "n_trials": 5},
+     {"n_trials": int_arg(int_in(1, search.MAX_COUNT)), "neighbors": int_arg(int_in(1, search.MAX_COUNT))}),
     ("tree_search", {"budget": 1, "n_trials": 5},
      {"n_trials": int_arg(int_in(1, search.MAX_COUNT)), "points": int_arg(int_in(1, search.MAX_COUNT)),
       "exploration": num_arg(num_in(0), low=0, high=3)}),
@@ -751,7 +761,7 @@ def _mlp_valid_hidden(v) -> bool:
     if isinstance(v, str) or not isinstance(v, (list, tuple)) or len(v) > 64 or not all(int_in(1, 4096)(h) for h in v):
         return False
     sizes = [64, *v, K]
-    return sum((a + 1) * b for a, b in zip(sizes, sizes[1:])) <= models.MAX_PARAMS
+    return sum((a + 1) * b for a, b in pairwise(sizes)) <= models.MAX_PARAMS
 
 
 def _ints_valid(high: int = 4096):
@@ -763,7 +773,7 @@ def _convnet_channels_ok(v) -> bool:
     if not _ints_valid()(v):
         return False
     chans, size = [1, *v], 8
-    conv = sum(a * b * 9 + 2 * b for a, b in zip(chans, chans[1:]))
+    conv = sum(a * b * 9 + 2 * b for a, b in pairwise(chans))
     for _ in v:
         size = size // 2 if size >= 2 else size
     flat = chans[-1] * size * size
@@ -796,9 +806,10 @@ TARGETS.append(Target(
     {"channels": (4,), "dense": (8,), "in_shape": SHAPE, "num_classes": K}, {
         "channels": obj_arg(INTS_EDGES, _convnet_channels_ok),
         "dense": obj_arg([[], [8], [0], [True], "8", [HUGE]], _ints_valid(), ("dense",)),
-        "kernel_sizes": obj_arg([3, 5, 4, 0, True, [3], [3, 3], 3.0, "3"], lambda v: v in (3, 5) and is_int(v) or same(v, [3]),
-                                ("kernel",)),
-        "pool": obj_arg([True, False, [True], [False, True], "yes", 1, None], lambda v: is_flag(v) or same(v, [True]), ("pool",)),
+        "kernel_sizes": obj_arg([3, 5, 4, 0, True, [3], [3, 3], 3.0, "3"],
+                                lambda v: (v in (3, 5) and is_int(v)) or same(v, [3]), ("kernel",)),
+        "pool": obj_arg([True, False, [True], [False, True], "yes", 1, None],
+                        lambda v: is_flag(v) or same(v, [True]), ("pool",)),
         "batchnorm": flag_arg(), "global_pool": flag_arg(),
         "in_shape": obj_arg(SHAPE_EDGES, _shape_ok(True)),
     }, check=_cm_model_check, watch_models=(), max_examples=30))

@@ -55,7 +55,7 @@ def imports(path: Path, own: str) -> list[tuple[str, str | None, int]]:
             if up < 0:                                        # inside its own subpackage
                 continue
             parts = (node.module or "").split(".")
-            if node.module:
+            if node.module:                                   # noqa: SIM108 - a comment on each branch
                 targets = [(parts[0], [a.name for a in node.names])]
             else:                                             # from . import a, b
                 targets = [(a.name, []) for a in node.names]

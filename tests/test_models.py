@@ -23,7 +23,7 @@ def test_classic_sizes():
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ValueError, match="valid names: .*lenet5"):
+    with pytest.raises(ValueError, match=r"valid names: .*lenet5"):
         models.create_model("resnet50")
 
 

@@ -1,6 +1,9 @@
 """mokit.parallel: DDP in real processes equals one process with the full batch; the pipeline split
 equals the unsplit model; the bubble formula; distributed search; bad input."""
 
+from itertools import pairwise
+from typing import ClassVar
+
 import pytest
 import torch
 
@@ -83,15 +86,15 @@ def test_pipeline_schedule_bubble_is_the_formula_and_dependencies_hold(stages, m
             assert r["start"] >= max(t["end"] for t in tl if t["phase"] == "F")
     for s in range(stages):                                           # a stage does one thing at a time
         mine = sorted((r["start"], r["end"]) for r in tl if r["stage"] == s)
-        assert all(a[1] <= b[0] for a, b in zip(mine, mine[1:]))
+        assert all(a[1] <= b[0] for a, b in pairwise(mine))
 
 
 def test_pipeline_schedule_bad_input_names_the_value():
-    with pytest.raises(ValueError, match="stages must be an integer in \\[1, 64\\].*got 0"):
+    with pytest.raises(ValueError, match=r"stages must be an integer in \[1, 64\].*got 0"):
         P.pipeline_schedule(0, 4)
-    with pytest.raises(ValueError, match="micro_batches must be an integer .*got 2.5"):
+    with pytest.raises(ValueError, match=r"micro_batches must be an integer .*got 2\.5"):
         P.pipeline_schedule(2, 2.5)
-    with pytest.raises(ValueError, match="backward must be a finite number > 0.*got -1"):
+    with pytest.raises(ValueError, match=r"backward must be a finite number > 0.*got -1"):
         P.pipeline_schedule(2, 4, backward=-1)
 
 
@@ -120,21 +123,22 @@ def test_distributed_search_two_workers_share_one_study(tmp_path, standin):
 def test_bad_input_names_the_value():
     model = create_model("lenet300")
     x, y = _data(64)
-    with pytest.raises(ValueError, match="world_size must be an integer >= 1.*got 0"):
+    with pytest.raises(ValueError, match=r"world_size must be an integer >= 1.*got 0"):
         P.ddp_train(model, (x, y), world_size=0)
-    with pytest.raises(ValueError, match="world_size must be an integer >= 1.*got -2"):
+    with pytest.raises(ValueError, match=r"world_size must be an integer >= 1.*got -2"):
         P.launch(P._ddp_worker, -2)
     with pytest.raises(ValueError, match="batch_size 63 must be a multiple of world_size 2"):
         P.ddp_train(model, (x, y), world_size=2, batch_size=63)
-    with pytest.raises(ValueError, match=r"split point 9 is outside the model: an nn.Sequential of 6 layers can be split at 1\.\.5"):
+    with pytest.raises(ValueError, match=r"split point 9 is outside the model: "
+                                         r"an nn\.Sequential of 6 layers can be split at 1\.\.5"):
         P.split_sequential(model, 9)
     with pytest.raises(ValueError, match="split point 0 is outside"):
         P.pipeline_run(model, x, split=[0])
-    with pytest.raises(TypeError, match="needs an nn.Sequential, got ResNet"):
+    with pytest.raises(TypeError, match=r"needs an nn\.Sequential, got ResNet"):
         P.split_sequential(create_model("cifar_resnet"), 1)
-    with pytest.raises(ValueError, match="micro_batches must be an integer in 1..64.*got 0"):
+    with pytest.raises(ValueError, match=r"micro_batches must be an integer in 1\.\.64.*got 0"):
         P.pipeline_run(model, x, split=[2], micro_batches=0)
-    with pytest.raises(ValueError, match="workers|world_size.*got 0"):
+    with pytest.raises(ValueError, match=r"workers|world_size.*got 0"):
         P.distributed_search("x.log", workers=0)
 
 
@@ -193,7 +197,7 @@ def test_one_gpu_gives_nccl_to_one_worker_only_so_ddp_reports_what_it_ran_on(mon
 
 class _Spy(torch.nn.Sequential):
     """An nn.Sequential that notes the id of every instance whose tensors are moved (.cpu(), .to())."""
-    moved: list = []
+    moved: ClassVar[list] = []
 
     def _apply(self, fn, *args, **kwargs):
         _Spy.moved.append(id(self))
@@ -274,7 +278,8 @@ def test_reference_and_diff_follow_the_models_device(monkeypatch):
     sent, brought = [], []
     real_to, real_cpu = torch.Tensor.to, torch.Tensor.cpu
     monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **kw: sent.append(a[:1]) or real_to(self, *a, **kw))
-    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **kw: brought.append(self.shape) or real_cpu(self, *a, **kw))
+    monkeypatch.setattr(torch.Tensor, "cpu",
+                        lambda self, *a, **kw: brought.append(self.shape) or real_cpu(self, *a, **kw))
     P.sgd_reference(model, x, y, steps=2, batch_size=32)
     assert sent[:2] == [(torch.device("cpu"),)] * 2               # x, y -> next(model.parameters()).device
     state = model.state_dict()

@@ -4,11 +4,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import pytest
+import torch
 
-from mokit import plot  # noqa: E402
+from mokit import plot
 
 
 def bowl(w):
@@ -65,13 +65,14 @@ def test_a_diverging_optimizer_still_draws():
 @pytest.mark.parametrize("start, steps", [((1.0,), 5), ((1.0, 2.0, 3.0), 5), ((1.0, 2.0), 0), ((1.0, 2.0), 2.5),
                                           ((1.0, 2.0), True)])
 def test_bad_start_or_steps_is_refused(start, steps):
-    with pytest.raises(ValueError, match="start|steps"):
+    with pytest.raises(ValueError, match=r"start|steps"):
         plot.optimizer_paths(bowl, OPTIMIZERS, start=start, steps=steps)
 
 
 def test_lr_sweep_draws_one_line_per_optimizer_on_a_log_axis():
     rows = [{"optimizer": name, "lr": lr, "accuracy %": acc}
-            for name, base in (("sgd", 0.1), ("adam", 1e-3)) for lr, acc in ((base * 5, 90.0), (base, 95.0), (base / 5, 80.0))]
+            for name, base in (("sgd", 0.1), ("adam", 1e-3))
+            for lr, acc in ((base * 5, 90.0), (base, 95.0), (base / 5, 80.0))]
     ax = plot.lr_sweep(rows).axes[0]
     assert ax.get_xscale() == "log"
     lines = {line.get_label(): line for line in ax.get_lines()}

@@ -241,7 +241,7 @@ def test_bad_sparsity(bad):
 
 
 def test_unknown_importance_names_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown importance 'l3'.*l1, l2, taylor, random"):
+    with pytest.raises(ValueError, match=r"unknown importance 'l3'.*l1, l2, taylor, random"):
         P.prune_global(_mlp(), 0.5, importance="l3")
     with pytest.raises(ValueError, match="unknown importance"):
         P.prune_channels(_cnn(), 0.5, importance="fisher")

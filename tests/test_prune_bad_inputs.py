@@ -66,7 +66,8 @@ CASES = [
     ("threshold_mask nan", lambda m, d: P.threshold_mask(m[1].weight.abs(), NAN), "threshold must be"),
     ("magnitude_mask nan", lambda m, d: P.magnitude_mask(m[1].weight.abs(), NAN), "sparsity must be"),
     # global / layerwise
-    ("global layers unknown", lambda m, d: P.prune_global(m, 0.5, layers=["nope"]), r"no prunable layer named \['nope'\]"),
+    ("global layers unknown", lambda m, d: P.prune_global(m, 0.5, layers=["nope"]),
+     r"no prunable layer named \['nope'\]"),
     ("global layers str", lambda m, d: P.prune_global(m, 0.5, layers="1"), "layers must be a list of layer names"),
     ("global layers empty", lambda m, d: P.prune_global(m, 0.5, layers=[]), "layers is empty"),
     ("global layers twice", lambda m, d: P.prune_global(m, 0.5, layers=["1", "1"]), "more than once"),
@@ -87,7 +88,8 @@ CASES = [
     ("random seed 1.5", lambda m, d: P.prune_random(m, 0.5, seed=1.5), "seed must be"),
     ("random sparsity nan", lambda m, d: P.prune_random(m, NAN), "sparsity must be"),
     # Masks: a bare KeyError before
-    ("Masks unknown layer", lambda m, d: P.Masks({"nope": torch.ones(3)}).apply(m), r"no Linear or Conv2d layer named \['nope'\]"),
+    ("Masks unknown layer", lambda m, d: P.Masks({"nope": torch.ones(3)}).apply(m),
+     r"no Linear or Conv2d layer named \['nope'\]"),
     ("Masks unknown after a good one", lambda m, d: P.Masks({"1": _ones(m, "1") * 0, "nope": torch.ones(3)})(m),
      "no Linear or Conv2d layer named"),
     ("Masks shape", lambda m, d: P.Masks({"1": torch.zeros(3, 3)}).apply(m), r"mask '1' has shape \(3, 3\)"),

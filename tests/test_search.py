@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -218,7 +219,7 @@ def test_curve_and_best_within():
     r = S.random_search(toy, TOY, budget=2, n_trials=5, seed=0)
     xs, ys = r.curve()
     assert xs == [2, 4, 6, 8, 10]
-    assert all(b >= a for a, b in zip(ys, ys[1:])) and ys[-1] == r.best_value
+    assert all(b >= a for a, b in pairwise(ys)) and ys[-1] == r.best_value
     assert r.best_within(4) == ys[1] and math.isnan(r.best_within(1))
 
 
@@ -428,7 +429,8 @@ def test_train_objective_keeps_data_already_on_the_device():
 
 
 # Every registered strategy, so a new one is tested the moment it is registered
-REGISTRY_ARGS = {"grid": {"budget": 1, "points": 2}, "successive_halving": {"n_configs": 4, "min_budget": 1, "max_budget": 3},
+REGISTRY_ARGS = {"grid": {"budget": 1, "points": 2},
+                 "successive_halving": {"n_configs": 4, "min_budget": 1, "max_budget": 3},
                  "hyperband": {"min_budget": 1, "max_budget": 3}}
 
 

@@ -237,12 +237,11 @@ def test_real_server_load_test_with_swap_has_no_failures(models):
 
 def test_server_stops_after_an_exception(models):
     srv = S.Server(models / "v1.onnx")
-    with pytest.raises(RuntimeError, match="a failing cell"):
-        with srv:
-            pid = srv.proc.pid
-            raise RuntimeError("a failing cell")
+    with pytest.raises(RuntimeError, match="a failing cell"), srv:
+        pid = srv.proc.pid
+        raise RuntimeError("a failing cell")
     assert _gone(pid)
-    with pytest.raises(FileNotFoundError, match="no ONNX model file at .*nothing.onnx"):
+    with pytest.raises(FileNotFoundError, match=r"no ONNX model file at .*nothing\.onnx"):
         S.Server(models / "nothing.onnx")
 
 

@@ -54,7 +54,8 @@ def test_stub_keeps_the_def_docstring_and_indentation():
     assert stub == ('import torch\n\ndef f(x):\n    """Double x: 2x."""\n'
                     '    raise NotImplementedError("Exercise: Double x: 2x.")\n\ng = 1')
     assert found == [("f", "Double x: 2x.")]
-    hinted, found = student.stub_cell('def f(x):\n    # Hint: use *\n    # BEGIN SOLUTION\n    return 2 * x\n    # END SOLUTION')
+    hinted, found = student.stub_cell('def f(x):\n    # Hint: use *\n'
+                                      '    # BEGIN SOLUTION\n    return 2 * x\n    # END SOLUTION')
     assert hinted.endswith('    raise NotImplementedError("Exercise: use *")') and found == [("f", "use *")]
 
 
@@ -65,7 +66,7 @@ def test_stub_keeps_the_def_docstring_and_indentation():
     ("# BEGIN SOLUTION\nx = 1\n# END SOLUTION", "must sit inside a function body"),
 ])
 def test_unbalanced_or_misplaced_markers_are_named(source, message):
-    with pytest.raises(ValueError, match="my.ipynb, cell 3, line") as e:
+    with pytest.raises(ValueError, match=r"my\.ipynb, cell 3, line") as e:
         student.stub_cell(source, "my.ipynb, cell 3")
     assert message in str(e.value)
 

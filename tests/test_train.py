@@ -89,14 +89,17 @@ BAD_TRAIN_INPUTS = [
     ({"optimizer": "adamax"}, "valid names: gd, sgd"), ({"optimizer": None}, "unknown optimizer"),
     ({"optimizer": ["sgd"]}, "unknown optimizer"),
     ({"schedule": "linear"}, "valid names: constant"), ({"schedule": 5}, "unknown schedule"),
-    ({"lr": 0}, "lr must be"), ({"lr": -1e-3}, "lr must be"), ({"lr": True}, "lr must be"), ({"lr": "0.1"}, "lr must be"),
+    ({"lr": 0}, "lr must be"), ({"lr": -1e-3}, "lr must be"),
+    ({"lr": True}, "lr must be"), ({"lr": "0.1"}, "lr must be"),
     ({"lr": NAN}, "lr must be"), ({"lr": INF}, "lr must be"), ({"lr": -INF}, "lr must be"),
     ({"lr": NAN, "optimizer": "sgd"}, "lr must be"), ({"lr": INF, "optimizer": "sgd"}, "lr must be"),
     ({"weight_decay": NAN}, "weight_decay"), ({"weight_decay": NAN, "optimizer": "sgd"}, "weight_decay must be"),
     ({"weight_decay": INF, "optimizer": "sgd"}, "weight_decay must be"), ({"weight_decay": -1}, "weight_decay must be"),
     ({"weight_decay": True}, "weight_decay must be"), ({"weight_decay": "0"}, "weight_decay must be"),
-    ({"momentum": NAN, "optimizer": "sgd"}, "momentum must be"), ({"momentum": INF, "optimizer": "sgd"}, "momentum must be"),
-    ({"momentum": -0.5, "optimizer": "sgd"}, "momentum must be"), ({"momentum": True, "optimizer": "sgd"}, "momentum must be"),
+    ({"momentum": NAN, "optimizer": "sgd"}, "momentum must be"),
+    ({"momentum": INF, "optimizer": "sgd"}, "momentum must be"),
+    ({"momentum": -0.5, "optimizer": "sgd"}, "momentum must be"),
+    ({"momentum": True, "optimizer": "sgd"}, "momentum must be"),
     ({"momentum": 1.0, "optimizer": "momentum"}, "momentum must be"),
     ({"momentum": "0.9", "optimizer": "momentum"}, "momentum must be"),
     ({"momentum": 0.0, "optimizer": "nesterov"}, r"momentum must be a finite number in \(0, 1\)"),
@@ -214,7 +217,8 @@ def test_conv_nets_train_channels_last_with_the_same_result(small):
     assert not runs[False][3].weight.is_contiguous(memory_format=torch.channels_last)
     for a, b in zip(runs[True].parameters(), runs[False].parameters()):
         assert torch.allclose(a, b, atol=1e-4)
-    assert T.use_channels_last(runs[True], torch.device("cpu")) and not T.use_channels_last(_fresh(), torch.device("cpu"))
+    assert (T.use_channels_last(runs[True], torch.device("cpu"))
+            and not T.use_channels_last(_fresh(), torch.device("cpu")))
 
 
 def test_a_model_that_does_not_fit_the_data_is_refused(small):

@@ -219,19 +219,19 @@ def test_callable_schedules_are_probed_before_work(tr):
 
 def test_history_column_names_the_columns(tr):
     h = T.train(_fresh(), tr, epochs=1, progress=False)
-    with pytest.raises(ValueError, match="no column 'val_acc'.*columns: epoch, train_loss"):
+    with pytest.raises(ValueError, match=r"no column 'val_acc'.*columns: epoch, train_loss"):
         h.column("val_acc")
 
 
 def test_predict_refuses_a_non_model_and_recipes_a_non_name(te):
-    with pytest.raises(TypeError, match="model must be an nn.Module"):
+    with pytest.raises(TypeError, match=r"model must be an nn\.Module"):
         T.predict(lambda x: x, te)
     with pytest.raises(ValueError, match="no baseline recipe"):
         zoo.recipe_train_kw(["lenet5"])
 
 
-@pytest.mark.parametrize("kw", [{"lr": 3.5e38}, {"lr": 1e7}, {"weight_decay": 1e300}, {"lr": 1e300, "optimizer": "sgd"}],
-                         ids=str)
+@pytest.mark.parametrize("kw", [{"lr": 3.5e38}, {"lr": 1e7}, {"weight_decay": 1e300},
+                                {"lr": 1e300, "optimizer": "sgd"}], ids=str)
 def test_huge_step_sizes_are_refused_before_work(tr, kw):
     """float32 weights cannot take an lr beyond ~3.4e38 (a RuntimeError mid-step before); 1e6 is the cap."""
     model = _fresh()

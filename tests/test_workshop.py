@@ -11,7 +11,7 @@ def test_plan_covers_every_recipe_and_the_extra_datasets():
     assert [(n, RECIPES[n]["dataset"]) for n in RECIPES] == pairs[:len(RECIPES)]
     assert ("lenet300", "fashion_mnist") in pairs and ("lenet5", "cifar10") in pairs
     assert len(pairs) == len(set(pairs))
-    with pytest.raises(ValueError, match="imagenet.*valid: .*mnist"):
+    with pytest.raises(ValueError, match=r"imagenet.*valid: .*mnist"):
         workshop.plan(["imagenet"])
 
 

@@ -17,7 +17,7 @@ def test_baseline_accuracy_measured_once_then_read_from_the_checkpoint(standin, 
     loaded, again = Z.baseline("lenet300", smoke=True, progress=False)
     assert again["loaded"] and again["test_acc"] == first["test_acc"] and again["path"] == first["path"]
     assert not model.training and not loaded.training          # both come back in eval mode (BatchNorm, dropout)
-    state, meta = Z.load_state(again["path"])
+    _state, meta = Z.load_state(again["path"])
     assert list(meta["evals"].values()) == [first["test_acc"]] and "loaded" not in meta
 
 

@@ -77,7 +77,7 @@ class Runner:
             if not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise FloatingPointError(f"objective returned {self.metric}={v!r}")
             return Trial(jsonable(config), budget, jsonable(metrics), time.perf_counter() - t0, key=key)
-        except Exception as e:  # noqa: BLE001 - a failed trial is recorded, the search goes on
+        except Exception as e:  # a failed trial is recorded, the search goes on
             print(f"  trial failed ({type(e).__name__}: {e}); config {format_config(config)}")
             return Trial(jsonable(config), budget, {}, time.perf_counter() - t0, "failed",
                          f"{type(e).__name__}: {e}", key=key)

@@ -189,7 +189,7 @@ def mutate(space: dict, config: dict, rng: random.Random) -> dict:
         if x == config[name]:                         # clipped at a bound: step the other way
             x = min(max(inv(f(config[name]) - step), p.low), p.high)
         if p.kind == "int":
-            x = int(round(x))
+            x = round(x)
             if x == config[name]:
                 x = min(max(x + rng.choice((-1, 1)), int(p.low)), int(p.high))
         new[name] = x

@@ -287,7 +287,7 @@ def tree_search(run: Runner, space: dict, *, budget: int, n_trials: int, points:
             n, opts = options(prefix)
             if n is None:
                 break
-            children = [prefix + ((n, v),) for v in opts]
+            children = [(*prefix, (n, v)) for v in opts]
             untried = [c for c in children if c not in stats]
             if untried:
                 prefix = untried[rng.randrange(len(untried))]
