@@ -583,6 +583,28 @@ def dominates(fn: Callable) -> CheckResult:
 
 
 # ---------------------------------------------------------------------------------------------
+# 02 pruning: the 2:4 pattern
+# ---------------------------------------------------------------------------------------------
+
+def nm_mask(fn: Callable) -> CheckResult:
+    """fn(w, n, m) -> a 0/1 mask like w keeping the n largest |w| of every m consecutive weights of each
+    row (rows: w.reshape(w.shape[0], -1)); compared with mokit.prune.nm_mask."""
+    from .prune import nm_mask as reference
+    w4 = torch.tensor([[0.1, -0.9, 0.3, 0.05, 2.0, -0.01, 0.5, -0.6]])
+    lin, conv = _randn(6, 16, seed=24), _randn(4, 2, 2, 2, seed=25)
+    cases = [Case("one row, two groups of 4, 2:4", (w4, 2, 4), torch.tensor([[0., 1., 1., 0., 1., 0., 0., 1.]])),
+             Case("1:4 keeps the largest of each group", (w4, 1, 4), torch.tensor([[0., 1., 0., 0., 1., 0., 0., 0.]])),
+             Case("a 6 x 16 weight at 2:4 against mokit.prune.nm_mask", (lin, 2, 4), reference(lin.abs(), 2, 4)),
+             Case("a conv filter (4, 2, 2, 2), groups over in x kh x kw", (conv, 2, 4), reference(conv.abs(), 2, 4))]
+    return run_checks("nm_mask", fn, cases, Hints(
+        "cut each row into groups of m consecutive weights; in every group keep the n of largest magnitude",
+        "w.reshape(rows, -1, m) makes the groups; .abs().topk(n, dim=-1).indices finds the keepers; "
+        "torch.zeros_like(...).scatter_(-1, indices, 1.0) writes the mask; reshape back to w.shape",
+        "g = w.reshape(w.shape[0], -1, m).abs(); keep = g.topk(n, dim=-1).indices; "
+        "return torch.zeros_like(g).scatter_(-1, keep, 1.0).reshape(w.shape)"))
+
+
+# ---------------------------------------------------------------------------------------------
 # 00 setup: a latency measurement done right
 # ---------------------------------------------------------------------------------------------
 

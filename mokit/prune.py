@@ -284,6 +284,47 @@ def weight_sparsity(model: nn.Module) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
+# N:M semi-structured sparsity (2:4: the pattern sparse tensor cores run)
+# ---------------------------------------------------------------------------------------------
+
+def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
+    """0/1 mask keeping the n highest scores of every m consecutive weights along each output row's
+    inputs (a Linear row, or a conv filter flattened over in_channels x kh x kw): the N:M pattern.
+
+    The row length must be a multiple of m. Ties keep the earlier weight. Same shape as `scores`.
+    """
+    if not isinstance(scores, torch.Tensor) or scores.dim() < 2:
+        raise ValueError(f"scores must be a weight-shaped tensor (out, in, ...), got "
+                         f"{tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__}")
+    m = validate.integer("m", m, low=1, high=64, what="the group size")
+    n = validate.integer("n", n, low=1, high=m, what=f"weights kept per group of m={m}")
+    rows = scores.reshape(scores.shape[0], -1).float()
+    if rows.shape[1] % m:
+        raise ValueError(f"each output row has {rows.shape[1]} inputs, not a multiple of m={m}: "
+                         f"an N:M pattern needs whole groups")
+    groups = rows.reshape(rows.shape[0], -1, m)
+    keep = groups.topk(n, dim=-1, sorted=False).indices
+    mask = torch.zeros_like(groups).scatter_(-1, keep, 1.0)
+    return mask.reshape(scores.shape)
+
+
+def prune_nm(model: nn.Module, n: int = 2, m: int = 4, *, importance: str | Callable = "l1",
+             layers: Sequence[str] | None = None) -> Masks:
+    """N:M masks (default 2:4, half the weights) for `layers` (None: every prunable layer whose rows
+    split into groups of m), applied to the model; train with on_step=masks to keep the pattern."""
+    all_layers = prunable_layers(model)
+    if layers is None:
+        layers = [k for k, mod in all_layers.items() if mod.weight[0].numel() % m == 0]
+        if not layers:
+            raise ValueError(f"no layer of {type(model).__name__} has rows that split into groups of m={m}")
+    names = _layer_names(layers, all_layers)
+    score = get_importance(importance)
+    masks = Masks({k: nm_mask(score(all_layers[k]), n, m).to(all_layers[k].weight.dtype) for k in names})
+    masks.apply(model)
+    return masks
+
+
+# ---------------------------------------------------------------------------------------------
 # Schedules: one-shot, iterative, gradual (AGP)
 # ---------------------------------------------------------------------------------------------
 

@@ -234,6 +234,9 @@ RIGHT_AND_WRONG = {
     "bubble_fraction": (lambda s, m: (s - 1) / (m + s - 1), lambda s, m: (s - 1) / m),
     "all_reduce_mean": (_all_reduce, lambda grads: [list(w) for w in grads]),
     "validate_request": (_validate, lambda body, in_shape: torch.tensor(body["inputs"], dtype=torch.float32)),
+    "nm_mask": (lambda w, n, m: torch.zeros_like(g := w.reshape(w.shape[0], -1, m).abs()).scatter_(
+        -1, g.topk(n, dim=-1).indices, 1.0).reshape(w.shape),
+                lambda w, n, m: (w.abs() > w.abs().median()).float()),               # half, but not per group
     "percentile": (lambda v, q: sorted(v)[int(q * (len(v) - 1))],
                    lambda v, q: sorted(v)[int(q * len(v)) - 1]),         # an off-by-one position
 }

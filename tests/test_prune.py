@@ -403,3 +403,43 @@ def test_allocate_sparsity_reaches_the_target_on_random_scans(seed):
     chosen = P.allocate_sparsity(scan, sizes, target)
     assert all(0 <= s <= 0.95 for s in chosen.values())
     assert sum(sizes[n] * s for n, s in chosen.items()) / sum(sizes.values()) == pytest.approx(target)
+
+
+# --- N:M (2:4) sparsity --------------------------------------------------------------------------
+
+
+def test_nm_mask_keeps_the_n_largest_of_every_m_consecutive_weights():
+    w = torch.tensor([[0.1, -0.9, 0.3, 0.05, 2.0, -0.01, 0.5, -0.6]])
+    assert P.nm_mask(w.abs(), 2, 4).tolist() == [[0, 1, 1, 0, 1, 0, 0, 1]]
+    assert P.nm_mask(w.abs(), 1, 4).tolist() == [[0, 1, 0, 0, 1, 0, 0, 0]]
+    conv = torch.randn(4, 2, 2, 2)                         # groups run over in_channels x kh x kw
+    mask = P.nm_mask(conv.abs(), 2, 4)
+    assert mask.shape == conv.shape and (mask.reshape(4, -1, 4).sum(-1) == 2).all()
+    brute = torch.stack([torch.isin(torch.arange(4), g.abs().argsort(descending=True)[:2]).float()
+                         for g in conv.reshape(-1, 4)]).reshape(conv.shape)
+    assert torch.equal(mask, brute)
+
+
+def test_prune_nm_masks_every_group_and_the_pattern_survives_training():
+    seed_everything(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    masks = P.prune_nm(net, 2, 4)
+    assert set(masks) == {"1", "3"} and masks.kept_fraction == 0.5
+    x, y = torch.randn(32, 1, 4, 4), torch.randint(0, 3, (32,))
+    train(net, [(x, y)], epochs=3, lr=0.01, on_step=masks, progress=False)
+    for name in masks:
+        groups = dict(net.named_modules())[name].weight.detach().reshape(-1, 4)
+        assert ((groups != 0).sum(1) <= 2).all(), name
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: P.nm_mask(torch.randn(3, 6), 2, 4), "6 inputs, not a multiple of m=4"),
+    (lambda: P.nm_mask(torch.randn(3, 8), 5, 4), r"n must be an integer in \[1, 4\]"),
+    (lambda: P.nm_mask(torch.randn(3, 8), 2, float("inf")), "m must be an integer"),
+    (lambda: P.nm_mask(torch.randn(8), 2, 4), "weight-shaped tensor"),
+    (lambda: P.prune_nm(nn.Sequential(nn.Linear(3, 3)), 2, 4), "no layer .* groups of m=4"),
+    (lambda: P.prune_nm(nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 3)), 2, 4, layers=["9"]), "9"),
+])
+def test_nm_bad_input_is_a_clear_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
