@@ -44,7 +44,7 @@ KINDS = {
 def _load_suite():
     import importlib.util
 
-    sys.path.insert(0, str(ROOT))
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]         # test_fuzz imports conftest from tests/
     spec = importlib.util.spec_from_file_location("fuzz_targets", ROOT / "tests" / "test_fuzz.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module                      # dataclasses look their module up there
