@@ -620,16 +620,17 @@ def shrink(model: nn.Sequential, plan: dict[int, torch.Tensor]) -> nn.Sequential
     for p, c in _chain(model):
         if p not in plan:
             continue
-        idx = plan[p].cpu()
-        count = torch.bincount(idx, minlength=_units(layers[p])).float()[idx]   # multiplicity per new unit
-        layers[p] = _slice(layers[p], out_idx=idx)
+        idx = plan[p].cpu()                            # (k,): the producer's units kept, of its n
+        count = torch.bincount(idx, minlength=_units(layers[p])).float()[idx]   # (k,): multiplicity per new unit
+        layers[p] = _slice(layers[p], out_idx=idx)     # weight (n, in, ...) -> (k, in, ...), bias (n,) -> (k,)
         for j in range(p + 1, c):
             if isinstance(layers[j], (nn.BatchNorm1d, nn.BatchNorm2d)):
                 layers[j] = _slice_bn(layers[j], idx)
         old_in = layers[c].in_features if isinstance(layers[c], nn.Linear) else layers[c].in_channels
-        spatial = old_in // _units(model[p])           # > 1 when a Flatten sits between conv and Linear
-        cols = (idx[:, None] * spatial + torch.arange(spatial)).flatten()
-        scale = count.repeat_interleave(spatial)
+        spatial = old_in // _units(model[p])           # > 1 when a Flatten sits between conv and Linear (h * w)
+        cols = (idx[:, None] * spatial + torch.arange(spatial)).flatten()   # (k * spatial,): channel-major columns
+        scale = count.repeat_interleave(spatial)       # (k * spatial,)
+        # the consumer's weight (out, n * spatial, ...) -> (out, k * spatial, ...)
         layers[c] = _slice(layers[c], in_idx=cols, in_scale=scale)
     return nn.Sequential(*layers)
 
@@ -667,9 +668,9 @@ def _slice(m: nn.Module, out_idx=None, in_idx=None, in_scale=None) -> nn.Module:
     """A new Linear/Conv2d with rows out_idx and columns in_idx (divided by in_scale) of m."""
     w = m.weight.detach()
     b = m.bias.detach() if m.bias is not None else None
-    if out_idx is not None:
+    if out_idx is not None:                            # Linear (out, in) / Conv2d (out, in, kh, kw): rows
         w, b = w[out_idx], (b[out_idx] if b is not None else None)
-    if in_idx is not None:
+    if in_idx is not None:                             # columns, each divided by its multiplicity (1, len, 1, 1)
         w = w[:, in_idx] / in_scale.view(1, -1, *[1] * (w.dim() - 2)).to(w)
     if isinstance(m, nn.Linear):
         new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
@@ -695,7 +696,7 @@ def _keep_frozen(new: nn.Module, old: nn.Module) -> None:
 
 def _slice_bn(bn: nn.Module, idx: torch.Tensor) -> nn.Module:
     new = type(bn)(len(idx), bn.eps, bn.momentum, bn.affine, bn.track_running_stats).to(bn.weight.device)
-    state = {k: (v[idx] if v.dim() else v) for k, v in bn.state_dict().items()}
+    state = {k: (v[idx] if v.dim() else v) for k, v in bn.state_dict().items()}   # (n,) -> (k,); num_batches_tracked ()
     new.load_state_dict(state)
     _keep_frozen(new, bn)
     return new
