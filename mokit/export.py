@@ -527,23 +527,21 @@ def compare_latency(models: dict[str, nn.Module], in_shape: Sequence[int], *, ba
 
     Every model runs on the CPU, where ONNX Runtime runs: PyTorch models as eval-mode CPU copies
     (a GPU-trained model is neither moved nor timed on the GPU against a 1-thread CPU runtime).
-    Each (model, batch) is timed by metrics.measure_latency in `rounds` interleaved rounds (so a
-    busy CPU hurts every model alike); p50 is the median over rounds of each round's median, p99
-    the worst round's p99. ORT sessions use the thread count they were created with (mokit: 1).
+    At each batch size the models take turns pass by pass (metrics.interleaved_times, the timer of
+    metrics.speedup too), repeats x rounds passes each, so a busy CPU hurts every model alike; p50 and
+    p99 are over those passes. ORT sessions use the thread count they were created with (mokit: 1).
     """
-    from .metrics import Table, measure_latency
+    from .metrics import Table, interleaved_times, percentile
 
     shape = _check_in_shape(in_shape)
     models = {name: on_cpu(model) for name, model in models.items()}
-    runs: dict[tuple[str, int], list[dict]] = {}
-    for _ in range(rounds):
-        for b in batch_sizes:
-            for name, model in models.items():
-                runs.setdefault((name, b), []).append(
-                    measure_latency(model, shape, batch_size=b, repeats=repeats, threads=threads))
     rows = Table()
-    for (name, b), r in runs.items():
-        p50 = float(np.median([m["ms"] for m in r]))
-        rows.append({"model": name, "batch": b, "p50 ms": p50, "p99 ms": max(m["p99_ms"] for m in r),
-                     "examples/s": b / (p50 / 1e3), "device": r[0]["device"]})
+    for b in batch_sizes:
+        times = interleaved_times(list(models.values()), shape, batch_size=b, passes=repeats * rounds,
+                                  warmup=5, threads=threads)
+        for name, t in zip(models, times):
+            ms = [1e3 * v for v in t]
+            p50 = percentile(ms, 0.5)
+            rows.append({"model": name, "batch": b, "p50 ms": p50, "p99 ms": percentile(ms, 0.99),
+                         "examples/s": b / (p50 / 1e3), "device": "cpu"})
     return rows

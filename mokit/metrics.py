@@ -272,20 +272,22 @@ def measure_latency(model: nn.Module, in_shape: Sequence[int], *, batch_size: in
 
 
 @torch.no_grad()
-def speedup(model: nn.Module, reference: nn.Module, in_shape: Sequence[int], *, batch_size: int = 1,
-            pairs: int = 10, warmup: int = 3, threads: int | None = None) -> dict:
-    """How many times faster `model` runs than `reference`: single passes interleaved pair by pair.
+@torch.no_grad()
+def interleaved_times(models: Sequence[nn.Module], in_shape: Sequence[int], *, batch_size: int = 1,
+                      passes: int = 10, warmup: int = 3, threads: int | None = None) -> list[list[float]]:
+    """Seconds of `passes` single forward passes of each model, the models taking turns pass by pass.
 
-    Timing each model for a while and then the other lets a busy CPU's load (another process,
-    a frequency change) land on one of them; here each pair is one pass of each, in alternating
-    order, so the noise hits both alike. Returns the median over pairs of reference / model time
-    ("speedup"), and each one's median ms per batch ("ms", "reference_ms") and the thread count.
-    Bounds (checked before anything runs): batch_size in [1, 2^20], pairs in [1, 10^5],
+    Timing one model for a while and then the next lets a busy CPU's load (another process, a frequency
+    change) land on one of them; taking turns, in an order that rotates every round, spreads it over all.
+    Returns one list of `passes` times per model, round by round (times[j][i]: model j in round i).
+    Bounds (checked before anything runs): batch_size in [1, 2^20], passes in [1, 10^5],
     warmup in [0, 10^5], threads None or >= 1.
     """
-    models = [_model(model), _model(reference)]
+    models = [_model(m) for m in models]
+    if not models:
+        raise ValueError("models is empty: give at least one model to time")
     in_shape, batch_size, threads = _timing_args(in_shape, batch_size, threads)
-    pairs = validate.integer("pairs", pairs, low=1, high=10 ** 5)
+    passes = validate.integer("passes", passes, low=1, high=10 ** 5)
     warmup = validate.integer("warmup", warmup, low=0, high=10 ** 5)
     old_threads, modes = torch.get_num_threads(), [m.training for m in models]
     if threads is not None:
@@ -298,17 +300,32 @@ def speedup(model: nn.Module, reference: nn.Module, in_shape: Sequence[int], *, 
             _forward(m, xm, in_shape)                          # a shape a model cannot take fails here
             for _ in range(warmup):
                 _one_pass(m, xm)
-        times: list[list[float]] = [[], []]
-        for i in range(pairs):
-            for j in ((0, 1) if i % 2 else (1, 0)):
+        times: list[list[float]] = [[] for _ in models]
+        n = len(models)
+        for i in range(passes):
+            for j in [(i + 1 + k) % n for k in range(n)]:      # the order rotates: each model leads in turn
                 times[j].append(_one_pass(models[j], xs[j]))
-        ratios = [r / t for t, r in zip(*times)]
-        return {"speedup": statistics.median(ratios), "ms": 1e3 * statistics.median(times[0]),
-                "reference_ms": 1e3 * statistics.median(times[1]), "threads": torch.get_num_threads()}
+        return times
     finally:
         torch.set_num_threads(old_threads)
         for m, mode in zip(models, modes):
             m.train(mode)
+
+
+def speedup(model: nn.Module, reference: nn.Module, in_shape: Sequence[int], *, batch_size: int = 1,
+            pairs: int = 10, warmup: int = 3, threads: int | None = None) -> dict:
+    """How many times faster `model` runs than `reference`: single passes interleaved pair by pair
+    (interleaved_times), so a busy CPU's noise hits both alike. Returns the median over pairs of
+    reference / model time ("speedup"), each one's median ms per batch ("ms", "reference_ms") and the
+    thread count. Bounds as interleaved_times (pairs is its passes).
+    """
+    pairs = validate.integer("pairs", pairs, low=1, high=10 ** 5)
+    mine, ref = interleaved_times([model, reference], in_shape, batch_size=batch_size, passes=pairs,
+                                  warmup=warmup, threads=threads)
+    ratios = [r / t for t, r in zip(mine, ref)]
+    return {"speedup": statistics.median(ratios), "ms": 1e3 * statistics.median(mine),
+            "reference_ms": 1e3 * statistics.median(ref),
+            "threads": threads if threads is not None else torch.get_num_threads()}
 
 
 # ---------------------------------------------------------------------------------------------

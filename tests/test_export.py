@@ -139,13 +139,13 @@ def test_latency_and_outputs_compare_cpu_copies_with_onnx_runtime(lenet5_onnx, m
     spy = _Spy(*[layer for layer in model]).train()
     ort_model = E.OnnxModel(path)
     timed = []
-    real = mokit.metrics.measure_latency
+    real = mokit.metrics.interleaved_times
 
-    def recording(m, *a, **kw):
-        timed.append((m, {p.device.type for p in m.parameters()}, m.training))
-        return real(m, *a, **kw)
+    def recording(models, *a, **kw):
+        timed.extend((m, {p.device.type for p in m.parameters()}, m.training) for m in models)
+        return real(models, *a, **kw)
 
-    monkeypatch.setattr(mokit.metrics, "measure_latency", recording)
+    monkeypatch.setattr(mokit.metrics, "interleaved_times", recording)
     _Spy.moved.clear()
     table = E.compare_latency({"torch": spy, "ort": ort_model}, (1, 28, 28), batch_sizes=(2,), repeats=2, rounds=1)
     assert [r["device"] for r in table] == ["cpu", "cpu"]
