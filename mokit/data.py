@@ -72,10 +72,6 @@ def _check_name_split(name: str, split: str) -> Spec:
     return DATASETS[name]
 
 
-def _check_flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,7 +117,7 @@ class TensorData:
         n = validate.integer("subset size", n, low=1, high=max(1, len(self)),
                              what=f"this {self.name}/{self.split} holds {len(self)} examples")
         seed = validate.integer("seed", seed)
-        _check_flag("balanced", balanced)
+        validate.flag("balanced", balanced)
         g = torch.Generator().manual_seed(seed)
         if not balanced:
             idx = torch.randperm(len(self), generator=g)[:n]
@@ -192,8 +188,8 @@ class Batches:
             raise ValueError(f"data has no examples ({data.name}/{data.split} is empty); Batches needs at least one")
         batch_size = validate.integer("batch_size", batch_size, low=1)
         seed = validate.integer("seed", seed)
-        _check_flag("shuffle", shuffle)
-        _check_flag("drop_last", drop_last)
+        validate.flag("shuffle", shuffle)
+        validate.flag("drop_last", drop_last)
         self.data, self.batch_size, self.shuffle = data, min(batch_size, len(data)), shuffle
         self.augment, self.drop_last = check_augment(augment), drop_last
         self.generator = torch.Generator().manual_seed(seed)

@@ -80,10 +80,6 @@ def _activation(name: str) -> nn.Module:
     return validate.choice("activation", name, ACTIVATIONS)()
 
 
-def _flag(name: str, value) -> bool:
-    if type(value).__name__ not in ("bool", "bool_"):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 def _positive_ints(name: str, values: Sequence[int], *, high: int = MAX_WIDTH) -> list[int]:
@@ -184,12 +180,12 @@ def convnet(channels: Sequence[int] = (32, 64), kernel_sizes: Sequence[int] | in
     dense = _positive_ints("dense widths", dense)
     in_shape, num_classes = check_in_shape(in_shape), check_num_classes(num_classes)
     validate.choice("activation", activation, ACTIVATIONS)
-    batchnorm, global_pool = _flag("batchnorm", batchnorm), _flag("global_pool", global_pool)
+    batchnorm, global_pool = validate.flag("batchnorm", batchnorm), validate.flag("global_pool", global_pool)
     ks = [kernel_sizes] * len(channels) if isinstance(kernel_sizes, int) and not isinstance(kernel_sizes, bool) \
         else _positive_ints("kernel_sizes", kernel_sizes if isinstance(kernel_sizes, Sequence) else [kernel_sizes])
     pools = [pool] * len(channels) if type(pool).__name__ in ("bool", "bool_") else \
-        ([_flag("pool", p) for p in pool] if isinstance(pool, Sequence) and not isinstance(pool, str)
-         else [_flag("pool", pool)])
+        ([validate.flag("pool", p) for p in pool] if isinstance(pool, Sequence) and not isinstance(pool, str)
+         else [validate.flag("pool", pool)])
     if len(ks) != len(channels) or len(pools) != len(channels):
         raise ValueError(f"kernel_sizes {ks} and pool {pools} need one entry per conv ({len(channels)})")
     if any(isinstance(k, bool) or k not in (1, 3, 5, 7) for k in ks):

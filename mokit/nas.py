@@ -45,11 +45,7 @@ def _width(name: str):
 
 
 def _bool(name: str):
-    def check(v):
-        if type(v).__name__ not in ("bool", "bool_"):
-            raise ValueError(f"{name} options must be True or False, got {v!r}")
-        return bool(v)
-    return check
+    return lambda v: validate.flag(f"{name} options", v)
 
 
 def _activation_name(v):
@@ -204,8 +200,7 @@ def arch_cost(config: dict, in_shape: Sequence[int] = (1, 28, 28), num_classes: 
     Costs are cached per (config, in_shape, num_classes, latency), at most COST_CACHE_SIZE of them."""
     from .metrics import count_macs, count_params, measure_latency
 
-    if type(latency).__name__ not in ("bool", "bool_"):
-        raise TypeError(f"latency must be True or False, got {latency!r}")
+    validate.flag("latency", latency)
     repeats = validate.integer("repeats", repeats, low=1, high=10_000)
     in_shape, num_classes = _shape_and_classes(in_shape, num_classes)
 
@@ -253,8 +248,7 @@ def arch_objective(train_data, val_data, *, seed: int = 0, latency: bool = False
     The data moves to `device` once (search.train_objective), not once per architecture.
     """
     seed = validate.integer("seed", seed)
-    if type(latency).__name__ not in ("bool", "bool_"):
-        raise TypeError(f"latency must be True or False, got {latency!r}")
+    validate.flag("latency", latency)
     shape, k = train_data.shape, train_data.num_classes
     inner = search.train_objective(lambda c: build(c, shape, k), train_data, val_data, seed=seed,
                                    device=device, **train_kw)

@@ -260,9 +260,7 @@ def split_sequential(model: nn.Module, split: int | Sequence[int]) -> list[nn.Se
     if not points:
         raise ValueError("split needs at least one split point")
     for p in points:
-        if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= n - 1:
-            raise ValueError(f"split point {p!r} is outside the model: an nn.Sequential of {n} layers "
-                             f"can be split at 1..{n - 1}")
+        validate.integer("split point", p, low=1, high=n - 1, what=f"an nn.Sequential of {n} layers")
     if points != sorted(set(points)):
         raise ValueError(f"split points must be strictly increasing, got {points}")
     bounds = [0, *points, n]
@@ -306,8 +304,7 @@ def pipeline_run(model: nn.Module, x: torch.Tensor, *, split: int | Sequence[int
     per stage and micro-batch its start and end (seconds from the first start).
     """
     split_sequential(model, split)                     # validates the model and the split points
-    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or not 1 <= micro_batches <= len(x):
-        raise ValueError(f"micro_batches must be an integer in 1..{len(x)} (the batch size), got {micro_batches!r}")
+    validate.integer("micro_batches", micro_batches, low=1, high=len(x), what="at most the batch size")
     stages = split_sequential(_cpu_copy(model).eval(), split)   # the caller's model is not moved nor set to eval
     chunks = list(x.cpu().chunk(micro_batches))
     shapes, probe = [], x[:1].cpu()                    # input shape of every stage and micro-batch
@@ -342,8 +339,7 @@ def pipelining_run(model: nn.Module, x: torch.Tensor, *, split: int | Sequence[i
     """The same pipeline through torch.distributed.pipelining (traced split, GPipe schedule): model(x)."""
     stages = split_sequential(model, split)           # validates the model and the split points
     points = [split] if isinstance(split, int) else list(split)
-    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 1 \
-            or len(x) % micro_batches:
+    if validate.integer("micro_batches", micro_batches, low=1) and len(x) % micro_batches:
         raise ValueError(f"micro_batches must be a positive integer dividing the batch size {len(x)}, "
                          f"got {micro_batches!r}")
     outs = launch(_pipelining_worker, len(stages), (_cpu_copy(model), x.cpu(), points, micro_batches),

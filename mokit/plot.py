@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 import matplotlib.pyplot as plt
 import torch
 
-from . import nas
+from . import nas, validate
 from .metrics import pareto_front
 from .search import SearchResult
 from .train import History
@@ -140,8 +140,7 @@ def optimizer_paths(f: Callable[[torch.Tensor], torch.Tensor],
     """
     if len(start) != 2:
         raise ValueError(f"start must be a 2-D point (x1, x2), got {start!r}")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    validate.integer("steps", steps, low=1)
     paths = {}
     for name, make in optimizers.items():
         w = torch.tensor([float(v) for v in start], requires_grad=True)

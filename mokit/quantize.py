@@ -59,11 +59,6 @@ def _check_axis(x: torch.Tensor, axis: int | None) -> int | None:
     return axis % x.dim()
 
 
-def _flag(name: str, value) -> bool:
-    """A True/False switch: a bool (or NumPy bool), never a truthy string or number."""
-    if type(value).__name__ not in ("bool", "bool_"):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 def _check_tensor(name: str, x, *, finite: bool = True, empty_ok: bool = False) -> torch.Tensor:
@@ -218,7 +213,7 @@ def quantize_tensor(x: torch.Tensor, num_bits: int = 8, *, symmetric: bool = Fal
     """
     _check_tensor("x", x)
     check_bits(num_bits, symmetric)
-    symmetric = _flag("symmetric", symmetric)
+    symmetric = validate.flag("symmetric", symmetric)
     axis = _check_axis(x, axis)
     method = _check_calibrate(calibrate)
     if not callable(calibrate):
@@ -315,7 +310,7 @@ def int8_linear(x_q: QTensor, w_q: QTensor, bias: torch.Tensor | None, out_scale
     integer far below 2^53 (|term| <= 255 * 255, so up to 2^37 terms).
     """
     out_scale, out_zero_point = _check_linear_args(x_q, w_q, bias, out_scale, out_zero_point)
-    fixed_point = _flag("fixed_point", fixed_point)
+    fixed_point = validate.flag("fixed_point", fixed_point)
     sw = w_q.scale if w_q.scale.dim() else w_q.scale.expand(w_q.q.shape[0])
     zw = w_q.zero_point if w_q.zero_point.dim() else w_q.zero_point.expand(w_q.q.shape[0])
     acc_dtype = torch.int64 if x_q.q.device.type == "cpu" else torch.float64
@@ -427,9 +422,9 @@ class FakeQuant(nn.Module):
     def __init__(self, num_bits: int = 8, *, symmetric: bool = False, axis: int | None = None,
                  calibrate: str | Callable = "minmax"):
         super().__init__()
-        self.num_bits, self.symmetric = check_bits(num_bits, symmetric), _flag("symmetric", symmetric)
-        if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
-            raise ValueError(f"axis must be None or an integer, got {axis!r}")
+        self.num_bits, self.symmetric = check_bits(num_bits, symmetric), validate.flag("symmetric", symmetric)
+        if axis is not None:
+            validate.integer("axis", axis, what="or None")
         self.axis, self.calibrate = axis, calibrate
         self._method = _check_calibrate(calibrate)
 
@@ -451,7 +446,7 @@ def fake_quantize_model(model: nn.Module, num_bits: int = 8, *, per_channel: boo
     per output channel (axis 0). `strip_quantization(model)` bakes the quantized weights in.
     """
     check_bits(num_bits, symmetric)
-    per_channel, symmetric = _flag("per_channel", per_channel), _flag("symmetric", symmetric)
+    per_channel, symmetric = validate.flag("per_channel", per_channel), validate.flag("symmetric", symmetric)
     _check_calibrate(calibrate)
     targets = _check_layers(model, layers)
     for name, m in targets.items():
@@ -467,7 +462,7 @@ def fake_quantize_model(model: nn.Module, num_bits: int = 8, *, per_channel: boo
 def strip_quantization(model: nn.Module, *, bake: bool = True) -> nn.Module:
     """Remove FakeQuant / Codebook parametrizations; bake=True keeps the quantized values."""
     _check_model(model)
-    bake = _flag("bake", bake)
+    bake = validate.flag("bake", bake)
     for m in model.modules():
         if parametrize.is_parametrized(m, "weight"):
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=bake)
@@ -656,7 +651,7 @@ def deep_compression_size(model: nn.Module, books: dict[str, Codebook], *, index
     the code tables (1 byte per symbol for its code length: canonical Huffman), the bias (float32).
     """
     index_bits = validate.integer("index_bits", index_bits, low=1, high=32)
-    huffman = _flag("huffman", huffman)
+    huffman = validate.flag("huffman", huffman)
     layers = quantizable_layers(_check_model(model))
     if not isinstance(books, dict):
         raise TypeError(f"books must be a dict {{layer name: Codebook}} (from kmeans_share), "

@@ -504,13 +504,6 @@ def _train_arg_names() -> list[str]:
     return [n for n in inspect.signature(train).parameters if n not in ("model", "data")]
 
 
-def check_flag(name: str, value, *, none_ok: bool = False) -> bool | None:
-    """`value` as a bool (True / False, NumPy bools too; None when none_ok), else ValueError."""
-    if none_ok and value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise ValueError(f"{name} must be True or False{' (or None)' if none_ok else ''}, got {value!r}")
 
 
 def check_data(data, name: str = "data") -> TensorData:
@@ -584,10 +577,10 @@ def check_train_args(model: nn.Module, data, **train_kw) -> dict:
     if a["on_step"] is not None and not callable(a["on_step"]):
         raise TypeError(f"on_step must be None or a callable (model, StepInfo) -> None, got {a['on_step']!r}")
     check_augment(a["augment"])
-    a["lookahead"] = check_flag("lookahead", a["lookahead"])
+    a["lookahead"] = validate.flag("lookahead", a["lookahead"])
     a["freeze"] = check_freeze(model, a["freeze"])
-    a["channels_last"] = check_flag("channels_last", a["channels_last"], none_ok=True)
-    a["progress"] = check_flag("progress", a["progress"])
+    a["channels_last"] = validate.flag("channels_last", a["channels_last"], none_ok=True)
+    a["progress"] = validate.flag("progress", a["progress"])
     a["seed"] = check_seed(a["seed"])
     a["device"] = pick_device(a["device"])
     a["precision"] = resolve_precision(a["precision"], a["device"])

@@ -9,20 +9,29 @@
     >>> number("lr", float("nan"), low=0, low_open=True)
     Traceback (most recent call last):
     ...
-    ValueError: lr must be a finite number > 0, got nan
+    mokit.validate.ArgumentError: lr must be a finite number > 0, got nan
     >>> integer("epochs", True, low=1)                    # True is not 1
     Traceback (most recent call last):
     ...
-    ValueError: epochs must be an integer >= 1, got True
+    mokit.validate.ArgumentError: epochs must be an integer >= 1, got True
+    >>> flag("verbose", "yes")                            # a switch is True or False, never a truthy string
+    Traceback (most recent call last):
+    ...
+    mokit.validate.ArgumentError: verbose must be True or False, got 'yes'
 
-Each returns the value as a plain Python float / int / the table's entry, and raises ValueError naming
-the argument, the value and what is allowed. NumPy scalars count as numbers; bools never do.
+Each returns the value as a plain Python float / int / bool / the table's entry, and raises ArgumentError
+naming the argument, the value and what is allowed. ArgumentError is both a ValueError and a TypeError, so
+either `except` catches it. NumPy scalars count as numbers and NumPy bools as flags; bools are never numbers.
 """
 from __future__ import annotations
 
 import math
 import numbers
 from collections.abc import Iterable
+
+
+class ArgumentError(ValueError, TypeError):
+    """A bad argument: the wrong kind of value (a TypeError) or one out of range (a ValueError)."""
 
 
 def _range_text(low, high, low_open: bool, high_open: bool) -> str:
@@ -42,12 +51,12 @@ def _in_range(v, low, high, low_open: bool, high_open: bool) -> bool:
 
 
 def _fail(name: str, kind: str, value, what: str):
-    raise ValueError(f"{name} must be {kind}{f' ({what})' if what else ''}, got {value!r}")
+    raise ArgumentError(f"{name} must be {kind}{f' ({what})' if what else ''}, got {value!r}")
 
 
 def number(name: str, value, *, low=None, high=None, low_open: bool = False, high_open: bool = False,
            what: str = "") -> float:
-    """`value` as a float: a finite real (not a bool) within the bounds, else ValueError."""
+    """`value` as a float: a finite real (not a bool) within the bounds, else ArgumentError."""
     kind = "a finite number" + _range_text(low, high, low_open, high_open)
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
             or not _in_range(value, low, high, low_open, high_open):
@@ -56,7 +65,7 @@ def number(name: str, value, *, low=None, high=None, low_open: bool = False, hig
 
 
 def integer(name: str, value, *, low=None, high=None, what: str = "") -> int:
-    """`value` as an int: an integer (not a bool; NumPy integers allowed) within the bounds, else ValueError."""
+    """`value` as an int: an integer (not a bool; NumPy integers allowed) within the bounds, else ArgumentError."""
     kind = "an integer" + _range_text(low, high, False, False)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
             or not _in_range(value, low, high, False, False):
@@ -72,5 +81,14 @@ def choice(name: str, value, allowed: dict | Iterable):
     except TypeError:       # unhashable or uncomparable values are simply not names
         ok = False
     if not ok:
-        raise ValueError(f"unknown {name} {value!r}; valid names: {', '.join(map(str, names))}")
+        raise ArgumentError(f"unknown {name} {value!r}; valid names: {', '.join(map(str, names))}")
     return allowed[value] if isinstance(allowed, dict) else value
+
+
+def flag(name: str, value, *, none_ok: bool = False) -> bool | None:
+    """`value` as a bool: True or False (NumPy bools too; None when none_ok), else ArgumentError."""
+    if none_ok and value is None:
+        return None
+    if type(value).__name__ not in ("bool", "bool_"):
+        raise ArgumentError(f"{name} must be True or False{' (or None)' if none_ok else ''}, got {value!r}")
+    return bool(value)

@@ -19,10 +19,7 @@ def check_count(name: str, n) -> None:
     validate.integer(name, n, low=1, high=MAX_COUNT)
 
 
-def check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
+check_bool = validate.flag          # the name mokit.search has always exported
 
 
 def check_callable(name: str, fn, signature: str, *, optional: bool = True) -> None:

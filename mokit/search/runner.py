@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checks import check_bool, check_budget, check_callable, check_metric
+from .. import validate
+from .checks import check_budget, check_callable, check_metric
 from .trials import Trial, TrialLog, check_search_name, jsonable, search_path, trial_key
 
 
@@ -91,8 +92,8 @@ def check_runner(objective, metric, maximize, name, path, verbose) -> None:
     """A Runner's arguments (also checked by every strategy before it starts)."""
     check_callable("objective", objective, "objective(config, budget) -> float or dict", optional=False)
     check_metric("metric", metric)
-    check_bool("maximize", maximize)
-    check_bool("verbose", verbose)
+    validate.flag("maximize", maximize)
+    validate.flag("verbose", verbose)
     if path is not None and not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"path must be a folder (str or os.PathLike) or None, got {path!r}")
     if name is not None:

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 
 from .. import validate
-from .checks import MAX_COUNT, check_bool
+from .checks import MAX_COUNT
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def choice(*options, when: dict | None = None) -> Param:
 def _range(kind: str, low, high, log: bool, when) -> Param:
     check = validate.integer if kind == "int" else validate.number
     low, high = check(f"{kind}_range low", low), check(f"{kind}_range high", high)
-    check_bool(f"{kind}_range log", log)
+    validate.flag(f"{kind}_range log", log)
     if low >= high:
         raise ValueError(f"{kind}_range needs low < high, got low={low}, high={high}")
     if log and low <= 0:
