@@ -25,6 +25,7 @@ JOBS ?= auto
 
 test: $(STAMP)
 	$(BIN)/ruff check mokit tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -n $(JOBS)
 
 course: $(STAMP)

@@ -23,6 +23,7 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -119,7 +120,7 @@ def _is_number(v) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) or (torch.is_tensor(v) and v.dim() == 0)
 
 
-def _diff(got, expected, atol: float, where: str = "result") -> str | None:
+def _diff(got: Any, expected: Any, atol: float, where: str = "result") -> str | None:
     """None when `got` matches `expected`, else one line saying how it differs."""
     if torch.is_tensor(expected) and expected.dim() > 0:
         if isinstance(got, (list, tuple)):
@@ -139,14 +140,14 @@ def _diff(got, expected, atol: float, where: str = "result") -> str | None:
         return (f"{where}: {int((~close).sum())} of {expected.numel()} values differ; first at index {first}: "
                 f"expected {e[first].item():.6g}, got {g[first].item():.6g}")
     if _is_number(expected):
-        if torch.is_tensor(got) and got.numel() == 1:
+        if isinstance(got, torch.Tensor) and got.numel() == 1:
             got = got.item()
         if not _is_number(got):
             return f"{where}: expected a number ({_short(float(expected))}), got {_short(got)}"
-        g, e = float(got), float(expected)
-        if math.isclose(g, e, abs_tol=atol, rel_tol=1e-4):
+        gv, ev = float(got), float(expected)
+        if math.isclose(gv, ev, abs_tol=atol, rel_tol=1e-4):
             return None
-        return f"{where}: expected {e:.6g}, got {g:.6g}"
+        return f"{where}: expected {ev:.6g}, got {gv:.6g}"
     if isinstance(expected, (list, tuple)):
         if torch.is_tensor(got) and got.dim() > 0:
             got = list(got.unbind(0))

@@ -81,7 +81,8 @@ def run_course(paths: list[Path], parameters: dict | None = None, bands_dir: Pat
         rows.append({"notebook": path.stem, "seconds": round(seconds, 1),
                      "status": "error" if error else ("outside band" if problems else "ok"),
                      "device": device,
-                     "data": {True: "real", False: "stand-in"}.get(results.get("real_data"), "unknown"),
+                     "data": {True: "real", False: "stand-in"}.get(bool(results["real_data"]), "unknown")
+                     if isinstance(results.get("real_data"), bool) else "unknown",
                      "problems": problems, "results": results, "bands": bands,
                      "references": load_bands(path.stem, "references", folder), "executed": str(out_dir / path.name)})
         print(f"    {rows[-1]['status']} in {seconds:.0f} s" + "".join(f"\n    - {p}" for p in problems))

@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeAlias
 
 import torch
 
@@ -212,6 +213,7 @@ class Batches:
         if self.augment == "crop_flip":
             flip = torch.rand(n, generator=g) < 0.5
         else:
+            assert self._flip_bits is not None                # drawn in __init__ for flip_translate
             flip = self._flip_bits ^ bool(self.epoch % 2)
         dev = self.data.x.device
         return off[0].to(dev), off[1].to(dev), flip.to(dev), pad, mode
@@ -230,6 +232,12 @@ class Batches:
                 xb = translate(xb, dy[idx], dx[idx], pad, mode)
                 xb = torch.where(flip[idx][:, None, None, None], xb.flip(3), xb)
             yield xb, yb
+
+
+Batch: TypeAlias = "tuple[torch.Tensor, torch.Tensor]"
+"""One mini-batch: (inputs, integer labels)."""
+DataOrBatches: TypeAlias = "TensorData | Iterable[Batch]"
+"""What training takes: a whole dataset, or re-iterable batches with a len() (a list, Batches, a CachedTeacher)."""
 
 
 def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int, mode: str = "constant") -> torch.Tensor:

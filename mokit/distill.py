@@ -132,7 +132,7 @@ class CachedTeacher:
         if self.augment == "none":
             if logits is None:
                 logits = _check_logits(self._teacher_pass(teacher), len(data), "the teacher's logits")
-            self.logits = logits.to(data.device)                                 # (N, K)
+            self.logits: torch.Tensor | None = logits.to(data.device)            # (N, K)
         else:
             self.logits = None
         self.augmented_logits: list[list[torch.Tensor]] = []        # [epoch][step] -> (B, K)
@@ -270,7 +270,8 @@ class HintStudent(nn.Module):
                 raise TypeError(f"{what} must be an nn.Module, got {type(m).__name__}")
         s_layer, t_layer = _layer(student, layer, "layer"), _layer(teacher, teacher_layer, "teacher_layer")
         in_shape = check_shape("in_shape", in_shape)
-        self.student, self.features = student, {}
+        self.student = student
+        self.features: dict[str, torch.Tensor] = {}
         self._teacher = [teacher]                       # a list: not a submodule, not trained
         self._hooks = [_capture(s_layer, self.features, "student"), _capture(t_layer, self.features, "teacher")]
         was = student.training

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import numbers
 from collections.abc import Callable, Iterable, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -154,7 +155,7 @@ class Ensemble(nn.Module):
         return torch.stack([m(x) for m in self.members])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return COMBINE[self.combine](self.member_logits(x), self.weights)
+        return COMBINE[self.combine](self.member_logits(x), cast(torch.Tensor, self.weights))
 
 
 @torch.no_grad()
@@ -225,7 +226,7 @@ def greedy_soup(models: Sequence[nn.Module], val_data: TensorData) -> tuple[nn.M
     models = check_members(models)
     check_data(val_data, "val_data")
     score = {i: evaluate(m, val_data)["accuracy"] for i, m in enumerate(models)}
-    order = sorted(score, key=score.get, reverse=True)
+    order = sorted(score, key=lambda i: score[i], reverse=True)
     chosen, best = [order[0]], score[order[0]]
     for i in order[1:]:
         acc = evaluate(average_weights([models[j] for j in [*chosen, i]]), val_data)["accuracy"]
@@ -264,8 +265,9 @@ def reinitialize(model: nn.Module) -> nn.Module:
     """A copy of `model` with every layer's reset_parameters() called: same shape, no knowledge."""
     model = copy.deepcopy(_check_model(model))
     for m in model.modules():
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
     return model
 
 

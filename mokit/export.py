@@ -30,12 +30,13 @@ import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
 from torch import nn
 
-from .data import atomic_write_bytes
+from .data import TensorData, atomic_write_bytes
 from .runtime import INPUT, OUTPUT, OrtModel, check_batch, load_session  # noqa: F401 (re-exported)
 
 
@@ -71,7 +72,9 @@ def onnx_bytes(model: nn.Module, in_shape: Sequence[int], *, opset: int = 17) ->
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")     # the exporter's deprecation and tracer warnings
-        torch.onnx.export(model, (torch.zeros(2, *shape),), buf, input_names=[INPUT], output_names=[OUTPUT],
+        # a file object works where the stubs say a path
+        torch.onnx.export(model, (torch.zeros(2, *shape),), buf, input_names=[INPUT],  # type: ignore[arg-type]
+                          output_names=[OUTPUT],
                           dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, opset_version=opset,
                           dynamo=False)
     payload = buf.getvalue()
@@ -192,8 +195,9 @@ def _quantize_dynamic(src: Path, dst: Path, data, num_batches: int, batch_size: 
 QUANT_MODES: dict[str, Callable] = {"static": _quantize_static, "dynamic": _quantize_dynamic}
 
 
-def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, *, mode: str = "static", data=None,
-                  num_batches: int = 8, batch_size: int = 128, per_channel: bool = True) -> Path:
+def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, *, mode: str = "static",
+                  data: TensorData | None = None, num_batches: int = 8, batch_size: int = 128,
+                  per_channel: bool = True) -> Path:
     """ONNX Runtime int8 of the fp32 file `src`, written atomically to `dst`.
 
     static: q = round(x / s) + z with activation scales s fixed from `num_batches` batches of `data`;
@@ -291,7 +295,7 @@ _SYMBOL = re.compile(r"[a-z]{1,3}\d{1,6}")
 _EXPR_TOKEN = re.compile(r"\s+|[A-Za-z_][A-Za-z0-9_]*|\d+|'[^']*'|\*\*|[-+*/%(),=]|.", re.S)
 
 
-def _refuse(path: Path, why: str):
+def _refuse(path: Path, why: str) -> NoReturn:
     raise UnsafeArchive(f"{path}: refused to load this torch.export archive: {why}")
 
 
@@ -407,7 +411,7 @@ def _check_payload_config(path: Path, members: dict[str, bytes], name: str, pref
         sizes = meta["tensor_meta"].get("sizes")
         dims = [d.get("as_int") if isinstance(d, dict) else None for d in sizes] if isinstance(sizes, list) else [None]
         if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims) \
-                or math.prod(dims) > len(members[f"{folder}/{file}"]):
+                or math.prod(d or 0 for d in dims) > len(members[f"{folder}/{file}"]):
             _refuse(path, f"{name}: entry {str(fqn)[:80]!r} declares sizes {str(sizes)[:80]} that its "
                           f"{len(members[f'{folder}/{file}']):,}-byte member {file} cannot hold")
 

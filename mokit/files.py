@@ -118,7 +118,7 @@ def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
     """
     path = Path(path)
     own = re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)@([0-9a-f]{{6}})\.)?[a-z0-9_]+\.tmp")
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(path.parent))
     except OSError:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from . import validate
+from .data import TensorData
 from .models import check_in_shape
 
 # ---------------------------------------------------------------------------------------------
@@ -367,7 +368,7 @@ class Table(list):
         return str(self)
 
 
-def summarize(models: dict[str, nn.Module], data=None, *, in_shape: Sequence[int] | None = None,
+def summarize(models: dict[str, nn.Module], data: TensorData | None = None, *, in_shape: Sequence[int] | None = None,
               batch_sizes: Sequence[int] = (1, 256), repeats: int = 20) -> Table:
     """One row per model: accuracy (if data), params, nonzeros, size raw/zipped, MACs, latency.
 

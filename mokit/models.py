@@ -17,6 +17,7 @@ import inspect
 import math
 from collections.abc import Callable, Sequence
 from itertools import pairwise
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -35,7 +36,10 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+ModelFn = TypeVar("ModelFn", bound=Callable[..., nn.Module])
+
+
+def register_model(fn: ModelFn) -> ModelFn:
     """Decorator: make `fn` buildable by name through create_model."""
     _REGISTRY[fn.__name__] = fn
     return fn
@@ -119,7 +123,7 @@ def _check_params(what: str, n: int) -> None:
         raise ValueError(f"{what} would have about {n:,} parameters; at most {MAX_PARAMS:,}")
 
 
-def _flat_size(features: nn.Module, in_shape: Sequence[int], what: str = "the model") -> int:
+def _flat_size(features: nn.Sequential, in_shape: Sequence[int], what: str = "the model") -> int:
     """Elements per example after `features`, from one zero example run in eval mode.
 
     Eval mode: BatchNorm on a single example in train mode has no batch statistics (and would move
@@ -354,7 +358,7 @@ def cifar_net(widths: Sequence[int] = (32, 64, 128), in_shape=(3, 32, 32), num_c
     _check_params(f"cifar_net(widths={widths})",
                   sum(9 * a * b + 9 * b * b for a, b in zip([8 * in_shape[0], *widths], widths)))
     layers: list[nn.Module] = [nn.Conv2d(in_shape[0], 8 * in_shape[0], 2), nn.ReLU()]   # 2 x C*2*2 filters
-    c_in = layers[0].out_channels
+    c_in = 8 * in_shape[0]
     for c in widths:
         layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), _fast_bn(c), nn.ReLU(), nn.MaxPool2d(2),
                    nn.Conv2d(c, c, 3, padding=1, bias=False), _fast_bn(c), nn.ReLU()]

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from . import search, validate
+from .data import TensorData
 from .metrics import check_objectives, dominates, pareto_front  # noqa: F401 - re-exported: nas.pareto_front
 from .search import choice, int_range, repair
 
@@ -241,7 +242,8 @@ def constraint(*, max_params: int | None = None, max_macs: int | None = None,
     return feasible
 
 
-def arch_objective(train_data, val_data, *, seed: int = 0, latency: bool = False, device=None,
+def arch_objective(train_data: TensorData, val_data: TensorData, *, seed: int = 0, latency: bool = False,
+                   device=None,
                    **train_kw) -> Callable[[dict, int], dict]:
     """objective(config, budget): build, train `budget` epochs, val_acc + params, MACs (+ latency).
 

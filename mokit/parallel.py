@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import validate
-from .data import atomic_torch_save, safe_torch_load
+from .data import Batch, TensorData, atomic_torch_save, safe_torch_load
 from .procs import free_port
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +214,7 @@ def _ddp_worker(rank: int, world_size: int, backend: str, model: nn.Module, x: t
     return out
 
 
-def ddp_train(model: nn.Module, data, *, world_size: int, steps: int = 20, batch_size: int = 128,
+def ddp_train(model: nn.Module, data: TensorData | Batch, *, world_size: int, steps: int = 20, batch_size: int = 128,
               lr: float = 0.05, momentum: float = 0.0, seed: int = 0, threads: int = 1,
               backend: str = "auto", start_method: str | None = None) -> dict:
     """Train a copy of `model` with DDP in `world_size` processes, batch_size / world_size each.
@@ -225,7 +225,7 @@ def ddp_train(model: nn.Module, data, *, world_size: int, steps: int = 20, batch
     and rank 0's `device` it ran with (compare runs of different sizes only with the same ones:
     pass one backend to all of them, e.g. backend=pick_backend(largest world_size)).
     """
-    x, y = (data.x, data.y) if hasattr(data, "x") else data
+    x, y = (data.x, data.y) if isinstance(data, TensorData) else data
     _check_ddp(world_size, len(y), steps, batch_size)
     if backend == "auto":
         backend = pick_backend(world_size)
@@ -292,7 +292,8 @@ def _pipeline_worker(rank: int, world_size: int, backend: str, stages: list, chu
                 else:
                     pending.append((dist.isend(out, dst=rank + 1), out))   # keep `out` alive
         for work, _ in pending:
-            work.wait()
+            if work is not None:                       # isend returns None only outside a process group
+                work.wait()
     return {"timeline": timeline, "output": torch.cat(outputs) if last else None}
 
 

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from . import nas, validate
+from .data import TensorData
 from .metrics import pareto_front
 from .search import SearchResult
 from .train import History
@@ -41,7 +42,7 @@ def confusion(cm: torch.Tensor, classes: Sequence[str], *, title: str = "confusi
     for i in range(k):
         for j in range(k):
             v = int(cm[i, j])
-            ax.text(j, i, v, ha="center", va="center", fontsize=7,
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
                     color="white" if v > cm.max() / 2 else "black")
     ax.set_xticks(range(k), classes, rotation=60, fontsize=8)
     ax.set_yticks(range(k), classes, fontsize=8)
@@ -50,7 +51,7 @@ def confusion(cm: torch.Tensor, classes: Sequence[str], *, title: str = "confusi
     return fig
 
 
-def samples(data, n: int = 32, *, predictions: torch.Tensor | None = None, seed: int = 0):
+def samples(data: TensorData, n: int = 32, *, predictions: torch.Tensor | None = None, seed: int = 0):
     """A grid of n examples with their labels (and predictions, red when wrong)."""
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
     x = data.x[idx].cpu().float()
@@ -105,7 +106,7 @@ def load_sweep(sweep: Sequence[dict], *, title: str = "load sweep"):
     right.set(ylabel="latency (ms)")
     right.set_ylim(bottom=0)
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    ax.legend(handles, [h.get_label() for h in handles], loc="upper left", fontsize=8)
+    ax.legend(handles, [str(h.get_label()) for h in handles], loc="upper left", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -163,8 +164,8 @@ def optimizer_paths(f: Callable[[torch.Tensor], torch.Tensor],
         z = torch.func.vmap(f)(torch.stack([g1, g2], -1).reshape(-1, 2)).reshape(g1.shape)
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     ax.contour(g1, g2, z, levels=20, colors="lightgray", linewidths=0.8)
-    for name, path in paths.items():
-        ax.plot(path[:, 0], path[:, 1], "o-", ms=3, lw=1.2, label=name)
+    for name, route in paths.items():
+        ax.plot(route[:, 0], route[:, 1], "o-", ms=3, lw=1.2, label=name)
     ax.plot(*[float(v) for v in start], "k*", ms=12, label="start")
     if optimum is not None:
         ax.plot(*[float(v) for v in optimum], "kP", ms=9, label="minimum")
@@ -211,7 +212,8 @@ def trials(result: SearchResult, names: Sequence[str] | None = None, *, title: s
         pts = [(t.config[n], t.value(result.metric, result.maximize), t.budget) for t in ok if n in t.config]
         xs = [p[0] if isinstance(p[0], (int, float)) else str(p[0]) for p in pts]
         ax.scatter(xs, [p[1] for p in pts], c=[p[2] for p in pts], cmap="viridis", s=18)
-        if pts and all(isinstance(x, float) for x in xs) and min(xs) > 0 and max(xs) / min(xs) > 50:
+        floats = [x for x in xs if isinstance(x, float)]
+        if pts and len(floats) == len(xs) and min(floats) > 0 and max(floats) / min(floats) > 50:
             ax.set_xscale("log")
         ax.set_xlabel(n)
         ax.tick_params(axis="x", labelsize=7, rotation=30)

@@ -16,14 +16,16 @@ a larger score means "keep".
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import pairwise
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import validate
+from .data import DataOrBatches, TensorData
 from .metrics import Table
 from .models import Scale
 from .train import StepInfo, check_data, check_seed, check_train_args, evaluate, train
@@ -46,7 +48,7 @@ def _check_model(model) -> nn.Module:
     return model
 
 
-def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+def prunable_layers(model: nn.Module) -> dict[str, nn.Linear | nn.Conv2d]:
     """name -> module for every Linear and Conv2d of `model` whose weight trains (requires_grad);
     frozen ones (a fixed whitening conv) are left alone. ValueError if there are none."""
     _check_model(model)
@@ -56,7 +58,7 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
-def _layer_names(layers, all_layers: dict[str, nn.Module]) -> list[str]:
+def _layer_names(layers, all_layers: Mapping[str, nn.Module]) -> list[str]:
     """`layers` (None: all of all_layers) as a list of distinct prunable layer names, else ValueError."""
     valid = ", ".join(all_layers)
     if layers is None:
@@ -81,17 +83,17 @@ def _layer_names(layers, all_layers: dict[str, nn.Module]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def l1_importance(module: nn.Module) -> torch.Tensor:
+def l1_importance(module: nn.Linear | nn.Conv2d) -> torch.Tensor:
     """|w| - magnitude pruning (Han et al. 2015)."""
     return module.weight.detach().abs()
 
 
-def l2_importance(module: nn.Module) -> torch.Tensor:
+def l2_importance(module: nn.Linear | nn.Conv2d) -> torch.Tensor:
     """w^2 - per weight it ranks like |w|; summed per channel it is the squared L2 norm."""
     return module.weight.detach() ** 2
 
 
-def taylor_importance(module: nn.Module) -> torch.Tensor:
+def taylor_importance(module: nn.Linear | nn.Conv2d) -> torch.Tensor:
     """|w * dL/dw| - the first-order Taylor estimate of the loss change when w is zeroed
     (Molchanov et al. 2017). Needs gradients: call `compute_gradients` first."""
     if module.weight.grad is None:
@@ -99,17 +101,17 @@ def taylor_importance(module: nn.Module) -> torch.Tensor:
     return (module.weight.detach() * module.weight.grad).abs()
 
 
-def random_importance(module: nn.Module) -> torch.Tensor:
+def random_importance(module: nn.Linear | nn.Conv2d) -> torch.Tensor:
     """Uniform random scores - the baseline every criterion must beat (seed with seed_everything)."""
     return torch.rand_like(module.weight, dtype=torch.float32)
 
 
-IMPORTANCE: dict[str, Callable[[nn.Module], torch.Tensor]] = {
+IMPORTANCE: dict[str, Callable[[nn.Linear | nn.Conv2d], torch.Tensor]] = {
     "l1": l1_importance, "l2": l2_importance, "taylor": taylor_importance, "random": random_importance,
 }
 
 
-def get_importance(importance: str | Callable) -> Callable[[nn.Module], torch.Tensor]:
+def get_importance(importance: str | Callable) -> Callable[[nn.Linear | nn.Conv2d], torch.Tensor]:
     """The criterion called `importance`, or `importance` itself when it is a callable."""
     if callable(importance):
         return importance
@@ -119,7 +121,8 @@ def get_importance(importance: str | Callable) -> Callable[[nn.Module], torch.Te
         raise ValueError(f"{e} (or pass a callable module -> scores)") from None
 
 
-def compute_gradients(model: nn.Module, data, *, batches: int = 10, batch_size: int = 256) -> nn.Module:
+def compute_gradients(model: nn.Module, data: TensorData, *, batches: int = 10,
+                      batch_size: int = 256) -> nn.Module:
     """Accumulate dL/dw of the cross-entropy over `batches` batches of `data` into .grad (for Taylor)."""
     _check_model(model)
     check_data(data)
@@ -169,7 +172,7 @@ class Masks(dict):
     re-applies them after every optimizer step, so pruned weights stay zero while training.
     """
 
-    def check(self, model: nn.Module) -> dict[str, nn.Module]:
+    def check(self, model: nn.Module) -> dict[str, nn.Linear | nn.Conv2d]:
         """name -> layer for every mask: ValueError / TypeError naming a mask that fits no Linear or
         Conv2d of `model` (no such layer, not a tensor, another shape), before any weight changes."""
         _check_model(model)
@@ -259,7 +262,7 @@ def prune_random(model: nn.Module, sparsity: float, *, seed: int = 0) -> Masks:
     check_sparsity(sparsity)
     g = torch.Generator().manual_seed(check_seed(seed))
 
-    def scores(module: nn.Module) -> torch.Tensor:
+    def scores(module: nn.Linear | nn.Conv2d) -> torch.Tensor:
         return torch.rand(module.weight.shape, generator=g).to(module.weight.device)
     return prune_layerwise(model, sparsity, importance=scores)
 
@@ -377,7 +380,7 @@ def _check_fine_tune(model: nn.Module, data, epochs, train_kw: dict) -> None:
     check_train_args(model, data, epochs=epochs, **train_kw)
 
 
-def prune_oneshot(model: nn.Module, data, sparsity: float, *, epochs: int,
+def prune_oneshot(model: nn.Module, data: DataOrBatches, sparsity: float, *, epochs: int,
                   prune: Callable[..., Masks] = prune_global, **train_kw) -> Masks:
     """Prune once to `sparsity`, then fine-tune `epochs` epochs with the masks held.
     Every argument, train()'s included, is checked before the pruning."""
@@ -389,7 +392,7 @@ def prune_oneshot(model: nn.Module, data, sparsity: float, *, epochs: int,
     return masks
 
 
-def prune_iterative(model: nn.Module, data, sparsity: float, *, rounds: int, epochs: int,
+def prune_iterative(model: nn.Module, data: DataOrBatches, sparsity: float, *, rounds: int, epochs: int,
                     prune: Callable[..., Masks] = prune_global, **train_kw) -> Masks:
     """`rounds` prune -> retrain cycles; round r keeps (1 - sparsity)^(r / rounds) of the weights,
     and the `epochs` are shared out evenly (the same budget as one-shot)."""
@@ -407,7 +410,7 @@ def prune_iterative(model: nn.Module, data, sparsity: float, *, rounds: int, epo
     return masks
 
 
-def prune_gradual(model: nn.Module, data, sparsity: float, *, epochs: int, begin: float = 0.0,
+def prune_gradual(model: nn.Module, data: DataOrBatches, sparsity: float, *, epochs: int, begin: float = 0.0,
                   end: float = 0.7, every: int = 20, prune: Callable[..., Masks] = prune_global,
                   **train_kw) -> Masks:
     """Train `epochs` epochs while sparsity follows the cubic AGP schedule up to `sparsity`."""
@@ -422,7 +425,7 @@ def prune_gradual(model: nn.Module, data, sparsity: float, *, epochs: int, begin
 # ---------------------------------------------------------------------------------------------
 
 
-def sensitivity_scan(model: nn.Module, data, sparsities: Sequence[float], *,
+def sensitivity_scan(model: nn.Module, data: TensorData, sparsities: Sequence[float], *,
                      importance: str | Callable = "l1",
                      layers: Sequence[str] | None = None) -> dict[str, dict[float, float]]:
     """accuracy[layer][sparsity]: each layer pruned alone (the others dense), then restored.
@@ -446,6 +449,7 @@ def sensitivity_scan(model: nn.Module, data, sparsities: Sequence[float], *,
         out[name] = {}
         for s in sparsities:
             if s == 0:
+                assert dense is not None                     # evaluated above: 0 is in sparsities
                 out[name][s] = dense
                 continue
             with torch.no_grad():
@@ -571,7 +575,7 @@ def reinit(model: nn.Module, masks: Masks, *, seed: int) -> nn.Module:
         torch.random.default_generator.manual_seed(seed)   # the CPU generator only (torch.manual_seed seeds CUDA too)
         for m in fresh.modules():
             if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+                cast(Callable[[], None], m.reset_parameters)()   # the layer's own method (not typed on Module)
     with torch.no_grad():
         for target, source in zip(model.state_dict().values(), fresh.state_dict().values()):
             target.copy_(source)
@@ -605,7 +609,8 @@ def _chain(model: nn.Module) -> list[tuple[int, int]]:
 
 
 def _units(m: nn.Module) -> int:
-    return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+    """Output units of a chain position's layer, a Linear or a Conv2d (_chain checked which)."""
+    return m.out_features if isinstance(m, nn.Linear) else cast(nn.Conv2d, m).out_channels
 
 
 def shrink(model: nn.Sequential, plan: dict[int, torch.Tensor]) -> nn.Sequential:
@@ -622,16 +627,19 @@ def shrink(model: nn.Sequential, plan: dict[int, torch.Tensor]) -> nn.Sequential
             continue
         idx = plan[p].cpu()                            # (k,): the producer's units kept, of its n
         count = torch.bincount(idx, minlength=_units(layers[p])).float()[idx]   # (k,): multiplicity per new unit
-        layers[p] = _slice(layers[p], out_idx=idx)     # weight (n, in, ...) -> (k, in, ...), bias (n,) -> (k,)
+        producer = cast("nn.Linear | nn.Conv2d", layers[p])      # _chain: p and c are Linear / Conv2d
+        consumer = cast("nn.Linear | nn.Conv2d", layers[c])
+        layers[p] = _slice(producer, out_idx=idx)      # weight (n, in, ...) -> (k, in, ...), bias (n,) -> (k,)
         for j in range(p + 1, c):
-            if isinstance(layers[j], (nn.BatchNorm1d, nn.BatchNorm2d)):
-                layers[j] = _slice_bn(layers[j], idx)
-        old_in = layers[c].in_features if isinstance(layers[c], nn.Linear) else layers[c].in_channels
+            bn = layers[j]
+            if isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                layers[j] = _slice_bn(bn, idx)
+        old_in = consumer.in_features if isinstance(consumer, nn.Linear) else consumer.in_channels
         spatial = old_in // _units(model[p])           # > 1 when a Flatten sits between conv and Linear (h * w)
         cols = (idx[:, None] * spatial + torch.arange(spatial)).flatten()   # (k * spatial,): channel-major columns
         scale = count.repeat_interleave(spatial)       # (k * spatial,)
         # the consumer's weight (out, n * spatial, ...) -> (out, k * spatial, ...)
-        layers[c] = _slice(layers[c], in_idx=cols, in_scale=scale)
+        layers[c] = _slice(consumer, in_idx=cols, in_scale=scale)
     return nn.Sequential(*layers)
 
 
@@ -664,7 +672,7 @@ def _check_plan(model: nn.Sequential, plan, name: str) -> dict[int, torch.Tensor
     return out
 
 
-def _slice(m: nn.Module, out_idx=None, in_idx=None, in_scale=None) -> nn.Module:
+def _slice(m: nn.Linear | nn.Conv2d, out_idx=None, in_idx=None, in_scale=None) -> nn.Linear | nn.Conv2d:
     """A new Linear/Conv2d with rows out_idx and columns in_idx (divided by in_scale) of m."""
     w = m.weight.detach()
     b = m.bias.detach() if m.bias is not None else None
@@ -672,17 +680,21 @@ def _slice(m: nn.Module, out_idx=None, in_idx=None, in_scale=None) -> nn.Module:
         w, b = w[out_idx], (b[out_idx] if b is not None else None)
     if in_idx is not None:                             # columns, each divided by its multiplicity (1, len, 1, 1)
         w = w[:, in_idx] / in_scale.view(1, -1, *[1] * (w.dim() - 2)).to(w)
+    new: nn.Linear | nn.Conv2d
     if isinstance(m, nn.Linear):
         new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
     else:
         if m.groups != 1:
             raise TypeError(f"structured pruning handles Conv2d with groups=1, got groups={m.groups}")
-        new = nn.Conv2d(w.shape[1], w.shape[0], m.kernel_size, m.stride, m.padding, m.dilation,
+        # torch annotates _ConvNd's kernel_size, stride, padding, dilation as tuple[int, ...]; a Conv2d's are pairs
+        new = nn.Conv2d(w.shape[1], w.shape[0],
+                        m.kernel_size, m.stride, m.padding, m.dilation,  # type: ignore[arg-type]
                         bias=b is not None, padding_mode=m.padding_mode)
     new = new.to(w.device)
     with torch.no_grad():
         new.weight.copy_(w)
         if b is not None:
+            assert new.bias is not None                # built with bias=True when b is not None
             new.bias.copy_(b)
     _keep_frozen(new, m)
     return new
@@ -694,7 +706,7 @@ def _keep_frozen(new: nn.Module, old: nn.Module) -> None:
         p.requires_grad_(getattr(old, name).requires_grad)
 
 
-def _slice_bn(bn: nn.Module, idx: torch.Tensor) -> nn.Module:
+def _slice_bn(bn: nn.BatchNorm1d | nn.BatchNorm2d, idx: torch.Tensor) -> nn.BatchNorm1d | nn.BatchNorm2d:
     new = type(bn)(len(idx), bn.eps, bn.momentum, bn.affine, bn.track_running_stats).to(bn.weight.device)
     state = {k: (v[idx] if v.dim() else v) for k, v in bn.state_dict().items()}   # (n,) -> (k,); num_batches_tracked ()
     new.load_state_dict(state)
@@ -702,7 +714,7 @@ def _slice_bn(bn: nn.Module, idx: torch.Tensor) -> nn.Module:
     return new
 
 
-def channel_scores(module: nn.Module, importance: str | Callable = "l1") -> torch.Tensor:
+def channel_scores(module: nn.Linear | nn.Conv2d, importance: str | Callable = "l1") -> torch.Tensor:
     """One score per output unit: the importance summed over its weights (L1 norm, squared L2 ...)."""
     return get_importance(importance)(module).flatten(1).sum(1)
 
@@ -730,7 +742,8 @@ def select_channels(model: nn.Sequential, sparsity: float | dict[int, float], *,
     for p, s in per.items():
         n = _units(model[p])
         n_keep = max(1, round((1 - s) * n))
-        keep[p] = torch.topk(channel_scores(model[p], importance), n_keep).indices.sort().values
+        layer = cast("nn.Linear | nn.Conv2d", model[p])   # a producer: _chain checked it is a Linear / Conv2d
+        keep[p] = torch.topk(channel_scores(layer, importance), n_keep).indices.sort().values
     return keep
 
 
@@ -857,6 +870,7 @@ def deepen(model: nn.Sequential, position: int) -> nn.Sequential:
     before = [m for m in layers[:position] if isinstance(m, (*PRUNABLE, nn.Flatten))]
     last = before[-1] if before else None
     device = next(model.parameters()).device
+    new: nn.Linear | nn.Conv2d
     if isinstance(last, nn.Linear):
         new = nn.Linear(last.out_features, last.out_features)
         nn.init.eye_(new.weight)
@@ -865,6 +879,7 @@ def deepen(model: nn.Sequential, position: int) -> nn.Sequential:
         nn.init.dirac_(new.weight)
     else:
         raise ValueError(f"position {position} must follow a Linear or Conv2d directly (not a Flatten)")
+    assert new.bias is not None                        # both built with a bias (the default)
     nn.init.zeros_(new.bias)
     return nn.Sequential(*[copy.deepcopy(m) for m in layers[:position + 1]], new.to(device), nn.ReLU(),
                          *[copy.deepcopy(m) for m in layers[position + 1:]])

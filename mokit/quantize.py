@@ -22,12 +22,16 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from . import validate
+
+if TYPE_CHECKING:
+    from .data import TensorData
 
 # ---------------------------------------------------------------------------------------------
 # 1. The arithmetic
@@ -380,7 +384,7 @@ def _cpu_qtensor(t: QTensor) -> QTensor:
 QUANTIZABLE = (nn.Linear, nn.Conv2d)
 
 
-def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
+def quantizable_layers(model: nn.Module) -> dict[str, nn.Linear | nn.Conv2d]:
     """Linear and Conv2d layers by name: the layers whose weights mokit quantizes."""
     return {n: m for n, m in model.named_modules() if isinstance(m, QUANTIZABLE)}
 
@@ -391,7 +395,7 @@ def _check_model(model) -> nn.Module:
     return model
 
 
-def _check_layers(model: nn.Module, layers: Iterable[str] | None) -> dict[str, nn.Module]:
+def _check_layers(model: nn.Module, layers: Iterable[str] | None) -> dict[str, nn.Linear | nn.Conv2d]:
     _check_model(model)
     if isinstance(layers, str):
         raise TypeError(f"layers must be a list of layer names, not the string {layers!r}")
@@ -401,14 +405,15 @@ def _check_layers(model: nn.Module, layers: Iterable[str] | None) -> dict[str, n
             raise ValueError(f"{type(model).__name__} has no Linear or Conv2d layer to quantize")
         return found
     named = dict(model.named_modules())
-    out = {}
+    out: dict[str, nn.Linear | nn.Conv2d] = {}
     for name in layers:
         if name not in named:
             raise ValueError(f"no layer named {name!r} in layers; quantizable layers: {', '.join(found)}")
-        if not isinstance(named[name], QUANTIZABLE):
-            raise TypeError(f"cannot quantize layer {name!r} of type {type(named[name]).__name__}; "
+        layer = named[name]
+        if not isinstance(layer, QUANTIZABLE):
+            raise TypeError(f"cannot quantize layer {name!r} of type {type(layer).__name__}; "
                             f"supported: Linear, Conv2d")
-        out[name] = named[name]
+        out[name] = layer
     return out
 
 
@@ -511,6 +516,9 @@ class Codebook(nn.Module):
     centroid, which is exactly Deep Compression's codebook fine-tuning rule.
     """
 
+    index: torch.Tensor                                  # buffers, registered in __init__
+    mask: torch.Tensor
+
     def __init__(self, weight: torch.Tensor, num_bits: int, mask: torch.Tensor | None = None):
         super().__init__()
         mask = (weight != 0).float() if mask is None else mask.float()
@@ -556,7 +564,8 @@ def kmeans_share(model: nn.Module, num_bits: int = 4, *, layers: Iterable[str] |
         w = m.weight.detach()                                   # k-means runs where the layer lives
         book = Codebook(w, num_bits, None if mask is None else mask.to(w.device))
         parametrize.register_parametrization(m, "weight", book, unsafe=True)
-        m.parametrizations.weight.original.requires_grad_(False)
+        parametrizations = cast(nn.ModuleDict, m.parametrizations)      # made by register_parametrization
+        cast(parametrize.ParametrizationList, parametrizations.weight).original.requires_grad_(False)
         books[name] = book
     return books
 
@@ -781,13 +790,15 @@ def prepare_int8(model: nn.Module, *, engine: str = ENGINE) -> nn.Module:
                          f"{', '.join(torch.backends.quantized.supported_engines)}")
     with _quiet_ao(), _engine(engine):
         m = copy.deepcopy(model).cpu().eval()
-        groups = _fusable(m)
+        groups = _fusable(cast(nn.Sequential, m))         # _check_int8_model: a Sequential
         if groups:
             m = tq.fuse_modules(m, groups)
         wrapped = tq.QuantWrapper(m)
         wrapped.qconfig = tq.get_default_qconfig(engine)
         tq.prepare(wrapped, inplace=True)
-    wrapped.mokit_engine = engine          # convert_int8 packs the weights for the same engine
+    # convert_int8 packs the weights for the same engine (torch types Module.__setattr__ for tensors and
+    # modules only; any value is allowed)
+    wrapped.mokit_engine = engine  # type: ignore[assignment]
     return wrapped
 
 
@@ -800,7 +811,8 @@ def convert_int8(prepared: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def quantize_int8(model: nn.Module, data, *, num_batches: int = 20, batch_size: int = 256,
+def quantize_int8(model: nn.Module, data: TensorData | Iterable, *, num_batches: int = 20,
+                  batch_size: int = 256,
                   engine: str = ENGINE) -> nn.Module:
     """Post-training static int8: calibrate activation ranges on real `data`, then convert.
 
@@ -874,6 +886,7 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     if bn.num_features != conv.out_channels or bn.running_var is None:
         raise ValueError(f"the BatchNorm ({bn.num_features} channels, running stats: "
                          f"{bn.running_var is not None}) does not fit the conv's {conv.out_channels} outputs")
+    assert bn.running_mean is not None                 # registered with running_var (track_running_stats)
     factor = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
     shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
@@ -890,8 +903,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     folded = 0
     for seq in [m for m in out.modules() if isinstance(m, nn.Sequential)]:
         for i in range(len(seq) - 1):
-            if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
-                seq[i], seq[i + 1] = fold_conv_bn(seq[i], seq[i + 1]), nn.Identity()
+            conv, bn = seq[i], seq[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                seq[i], seq[i + 1] = fold_conv_bn(conv, bn), nn.Identity()
                 folded += 1
     if folded == 0:
         raise ValueError(f"{type(model).__name__} has no Conv2d followed by a BatchNorm2d to fold")
@@ -910,7 +924,8 @@ class ChannelsLastInput(nn.Module):
 
 
 @torch.no_grad()
-def quantize_int8_fx(model: nn.Module, data, *, num_batches: int = 20, batch_size: int = 256,
+def quantize_int8_fx(model: nn.Module, data: TensorData | Iterable, *, num_batches: int = 20,
+                     batch_size: int = 256,
                      engine: str = ENGINE) -> nn.Module:
     """Post-training static int8 through torch.ao's FX graph mode (x86 qconfig mapping).
 

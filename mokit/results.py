@@ -22,7 +22,7 @@ from .files import atomic_write_bytes, plain, runs_root
 try:
     import fcntl
 except ImportError:        # Windows: no advisory locks
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 
 def results_path(notebook: str) -> Path:

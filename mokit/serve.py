@@ -29,9 +29,10 @@ import tempfile
 import threading
 import time
 import weakref
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -148,9 +149,9 @@ class Metrics:
     def __init__(self, buckets: Sequence[float] = BUCKETS):
         self.buckets = tuple(buckets)
         self._lock = threading.Lock()
-        self.requests: Counter = Counter()                       # (endpoint, status) -> n
+        self.requests: Counter[tuple[str, int]] = Counter()      # (endpoint, status) -> n
         self.hist: dict[str, list[int]] = {}                     # endpoint -> counts per bucket (+Inf last)
-        self.sums: Counter = Counter()                           # endpoint -> total seconds
+        self.sums: dict[str, float] = defaultdict(float)         # endpoint -> total seconds
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -304,7 +305,7 @@ def create_app(model_path: str | os.PathLike, *, version: str = "v1", threads: i
     def metrics_endpoint() -> str:
         return metrics.render(slot.current()[1], slot.swaps)
 
-    endpoints.update(route.path for route in app.routes)      # fixed paths only: a bounded label set
+    endpoints.update(getattr(route, "path", "") for route in app.routes)      # fixed paths only: a bounded label set
     return app
 
 
@@ -332,7 +333,8 @@ class Server:
         self.version, self.threads, self.host, self.port = version, threads, host, port
         self.max_body_bytes, self.model_dir, self.startup_timeout = max_body_bytes, model_dir, startup_timeout
         self.proc: subprocess.Popen | None = None
-        self._finalizer = self._log = None
+        self._finalizer: weakref.finalize | None = None
+        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -362,6 +364,7 @@ class Server:
         return self
 
     def _wait_healthy(self) -> None:
+        assert self.proc is not None                  # start() made it
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -441,6 +444,8 @@ def request(url: str, method: str, path: str, body: bytes | None = None, *, time
             content_type: str = "application/json") -> tuple[int, bytes]:
     """(status, body bytes) of one HTTP request (http.client; no retries)."""
     parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValueError(f"url {url!r} names no host; give one like http://127.0.0.1:8000")
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers={"Content-Type": content_type} if body is not None else {})
@@ -484,7 +489,9 @@ def load_test(url: str, bodies: Sequence[bytes], *, requests: int = 2000, concur
         raise ValueError(f"swap_after is a fraction of the requests in [0, 1], got {swap_after}")
     parts = urlsplit(url)
     lock, next_i, done = threading.Lock(), iter(range(requests)), [0]
-    latencies, versions, errors = [], Counter(), []
+    latencies: list[float] = []
+    versions: Counter[str] = Counter()
+    errors: list[str] = []
     swap_result: dict = {}
     swap_due = threading.Event()
 

@@ -27,7 +27,9 @@ from torch import nn
 
 from . import validate
 from .data import (
+    Batch,
     Batches,
+    DataOrBatches,
     TensorData,
     atomic_torch_save,
     check_augment,
@@ -375,7 +377,7 @@ def check_freeze(model: nn.Module, freeze) -> dict[str, float] | None:
     return checked
 
 
-def train(model: nn.Module, data: TensorData | Iterable, *, epochs: int = 5,
+def train(model: nn.Module, data: DataOrBatches, *, epochs: int = 5,
           optimizer: str | Callable[..., torch.optim.Optimizer] = "adam",
           lr: float | None = None, schedule: str | Callable[[float], float] = "cosine",
           batch_size: int = 128, weight_decay: float | None = None, momentum: float | None = None,
@@ -410,16 +412,19 @@ def train(model: nn.Module, data: TensorData | Iterable, *, epochs: int = 5,
     a = check_train_args(**locals())
     epochs, batch_size, lr, seed = a["epochs"], a["batch_size"], a["lr"], a["seed"]
     sched = _lookup(SCHEDULES, schedule, "schedule")
-    precision, device, label_smoothing = a["precision"], a["device"], a["label_smoothing"]
+    precision, label_smoothing = a["precision"], a["label_smoothing"]
+    dev: torch.device = a["device"]
 
     # 2. device, layout, batches, optimizer, per-step lr schedule
-    channels_last = use_channels_last(model, device) if a["channels_last"] is None else a["channels_last"]
-    model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+    channels_last = use_channels_last(model, dev) if a["channels_last"] is None else a["channels_last"]
+    model.to(dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     torch.manual_seed(seed)                                  # dropout and other randomness
     if isinstance(data, TensorData):
         if optimizer == "gd":
             batch_size = len(data)
-        batches = Batches(data.to(device), batch_size, seed=seed, augment=augment)
+        batches: Iterable[Batch] = Batches(data.to(dev), batch_size, seed=seed, augment=augment)
     else:
         batches = data
     if label_smoothing:
@@ -432,10 +437,10 @@ def train(model: nn.Module, data: TensorData | Iterable, *, epochs: int = 5,
         if not isinstance(opt, torch.optim.Optimizer):
             raise TypeError(f"the optimizer factory must return a torch.optim.Optimizer, got {type(opt).__name__}")
         lr = opt.param_groups[0]["lr"]
-    steps_per_epoch = len(batches)
+    steps_per_epoch = len(batches)  # type: ignore[arg-type]  # check_train_args: batches have a len()
     total = epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: sched(min(s / total, 1.0)))
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
     hooks = [h for h in (Lookahead(model) if lookahead else None,
                          FreezeAfter(model, a["freeze"]) if a["freeze"] else None,
                          on_step) if h is not None]
@@ -447,13 +452,13 @@ def train(model: nn.Module, data: TensorData | Iterable, *, epochs: int = 5,
     for epoch in range(epochs):
         model.train()
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev, dtype=torch.long)
         seen, lr_now = 0, opt.param_groups[0]["lr"]
         step_losses = []
         for xb, yb in batches:
-            xb, yb = _layout(xb.to(device, non_blocking=True), channels_last), yb.to(device, non_blocking=True)
-            with autocast(precision, device):
+            xb, yb = _layout(xb.to(dev, non_blocking=True), channels_last), yb.to(dev, non_blocking=True)
+            with autocast(precision, dev):
                 out = model(xb)
             loss = loss_fn(out.float(), yb, xb)
             opt.zero_grad(set_to_none=True)
@@ -485,7 +490,7 @@ def train(model: nn.Module, data: TensorData | Iterable, *, epochs: int = 5,
                   "train_acc": 100.0 * correct.item() / max(seen, 1), "lr": lr_now,
                   "seconds": time.perf_counter() - t0}
         if val_data is not None:
-            record["val_acc"] = evaluate(model, val_data, device=device)["accuracy"]
+            record["val_acc"] = evaluate(model, val_data, device=dev)["accuracy"]
         if not math.isfinite(record["train_loss"]):
             if bar is not None:
                 bar.close()

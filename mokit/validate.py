@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
+from typing import Literal, overload
 
 
 class ArgumentError(ValueError, TypeError):
@@ -85,6 +86,10 @@ def choice(name: str, value, allowed: dict | Iterable):
     return allowed[value] if isinstance(allowed, dict) else value
 
 
+@overload
+def flag(name: str, value, *, none_ok: Literal[False] = False) -> bool: ...
+@overload
+def flag(name: str, value, *, none_ok: bool) -> bool | None: ...
 def flag(name: str, value, *, none_ok: bool = False) -> bool | None:
     """`value` as a bool: True or False (NumPy bools too; None when none_ok), else ArgumentError."""
     if none_ok and value is None:

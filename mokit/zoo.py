@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from typing import cast
 
 from torch import nn
 
@@ -33,7 +34,8 @@ from .train import (
 # name -> init(model, train_data) run on a fresh model before training (data-dependent initialisation)
 INITS: dict[str, Callable[[nn.Module, TensorData], object]] = {
     "none": lambda model, data: None,
-    "whiten": lambda model, data: whiten_init(model, data.x[:5000]),   # patch whitening of the first conv
+    # patch whitening of the first conv
+    "whiten": lambda model, data: whiten_init(cast(nn.Sequential, model), data.x[:5000]),
 }
 
 

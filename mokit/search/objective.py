@@ -6,9 +6,15 @@ import difflib
 import inspect
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .. import validate
 from .checks import check_callable
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..data import TensorData
 
 # train() arguments a config may not set: the objective sets them itself
 _OBJECTIVE_SETS = ("model", "data", "epochs", "device", "seed", "progress")
@@ -69,7 +75,8 @@ def check_config_keys(config: dict, build_read: set, accepted: set) -> None:
                          f"{sorted(map(str, build_read)) or 'no key'}, train() takes {', '.join(sorted(accepted))}")
 
 
-def train_objective(build: Callable[[dict], object], train_data, val_data, *, seed: int = 0,
+def train_objective(build: Callable[[dict], nn.Module], train_data: TensorData, val_data: TensorData, *,
+                    seed: int = 0,
                     device=None, **train_kw) -> Callable[[dict, int], dict]:
     """objective(config, budget): build(config) -> model, train(epochs=budget), evaluate on val_data.
 

@@ -52,7 +52,7 @@ def strategy(key: str, label: str | None = None):
             return SearchResult(label or key, run.trials, metric, maximize)
 
         own = list(inspect.signature(loop).parameters.values())[2:]
-        search.__signature__ = inspect.Signature(                  # what help() and IDEs show
+        search.__signature__ = inspect.Signature(  # type: ignore[attr-defined]                  # what help() and IDEs show
             [inspect.Parameter("objective", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="Callable"),
              inspect.Parameter("space", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="dict"),
              *own, *_SHARED], return_annotation="SearchResult")

@@ -16,7 +16,7 @@ from ..files import plain, runs_root
 try:
     import fcntl
 except ImportError:          # Windows: no advisory locks; each line is still one O_APPEND write
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 
 def jsonable(obj, name: str = "value"):
