@@ -203,6 +203,31 @@ def best_so_far(results: Mapping[str, SearchResult], *, title: str = "best so fa
     return fig
 
 
+def worker_timeline(results: Mapping[str, SearchResult], *, title: str = "trials on the workers"):
+    """One row per (search, worker), one bar per trial from its start to its end, coloured and labelled
+    by budget: the gaps are workers waiting (searches from search.parallel_halving / async_halving)."""
+    rows = [(label, w) for label, r in results.items()
+            for w in sorted({t.info["worker"] for t in r.trials if t.info.get("worker", -1) >= 0})]
+    if not rows:
+        raise ValueError("no trial has worker times: run the searches with parallel_halving or async_halving")
+    budgets = sorted({t.budget for r in results.values() for t in r.trials})
+    colors = plt.get_cmap("viridis")
+    fig, ax = plt.subplots(figsize=(7.5, 0.8 + 0.45 * len(rows)))
+    for i, (label, w) in enumerate(rows):
+        mine = [t for t in results[label].trials if t.info.get("worker") == w]
+        ax.broken_barh([(t.info["start"], t.info["end"] - t.info["start"]) for t in mine], (i - 0.4, 0.8),
+                       facecolors=[colors(budgets.index(t.budget) / max(1, len(budgets) - 1)) for t in mine],
+                       edgecolor="white")
+        for t in mine:
+            ax.text((t.info["start"] + t.info["end"]) / 2, i, str(t.budget), ha="center", va="center",
+                    fontsize=7, color="white")
+    ax.set(yticks=range(len(rows)), yticklabels=[f"{label}: worker {w}" for label, w in rows],
+           xlabel="seconds since the search started (bar label: the trial's budget in epochs)", title=title)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
 def trials(result: SearchResult, names: Sequence[str] | None = None, *, title: str = ""):
     """One scatter per decision: metric against that decision's value (colour = budget)."""
     names = list(names or dict.fromkeys(k for t in result.trials for k in t.config))

@@ -93,7 +93,9 @@ OPTIONS = {"budget": 1, "n_trials": 5, "n_configs": 3, "min_budget": 1, "max_bud
 # strategies without n_trials: the trials their options ask for
 EXPECTED = {"grid": 3 * 2,                  # 3 values of x (points=3) times 2 kinds
             "successive_halving": 3 + 1,    # 3 configs at budget 1, the best third (1) at budget 3
-            "hyperband": 3 + 1 + 2}         # bracket s=1: 3 at 1, 1 at 3; bracket s=0: 2 at 3
+            "hyperband": 3 + 1 + 2,         # bracket s=1: 3 at 1, 1 at 3; bracket s=0: 2 at 3
+            "parallel_halving": 3 + 1,      # successive halving's trials, on worker processes
+            "async_halving": 3 + 1}         # ASHA promotes once a third of its rung has finished: the best
 
 
 def _toy(config: dict, budget: int) -> float:

@@ -431,7 +431,10 @@ def test_train_objective_keeps_data_already_on_the_device():
 # Every registered strategy, so a new one is tested the moment it is registered
 REGISTRY_ARGS = {"grid": {"budget": 1, "points": 2},
                  "successive_halving": {"n_configs": 4, "min_budget": 1, "max_budget": 3},
-                 "hyperband": {"min_budget": 1, "max_budget": 3}}
+                 "hyperband": {"min_budget": 1, "max_budget": 3},
+                 # workers=1: in this process, so the calls are counted here (tests/test_asha.py runs 2)
+                 "parallel_halving": {"n_configs": 4, "min_budget": 1, "max_budget": 3, "workers": 1},
+                 "async_halving": {"n_configs": 4, "min_budget": 1, "max_budget": 3, "workers": 1}}
 
 
 @pytest.mark.parametrize("key", sorted(S.STRATEGIES))

@@ -17,12 +17,15 @@ returns NaN gives a "failed" trial (worst value); the search goes on.
 Strategies: grid_search, random_search, successive_halving, hyperband, evolution (regularized /
 aging), hill_climb (greedy), tree_search (MCTS over the sequence of decisions), and optuna_search
 (TPE, NSGA-II, random; Optuna's pruners; Optuna storages so several processes or machines share
-one study); param_importances asks Optuna how much each decision mattered.
+one study); param_importances asks Optuna how much each decision mattered; ray_search (Ray Tune: ASHA,
+TPE or random, trials side by side on a local Ray or a cluster; `pip install 'mokit[scale]'`);
+parallel_halving and async_halving (ASHA) run successive halving on worker processes, synchronously or not.
 
 The package, bottom to top: checks (bounds, argument checks) -> space -> trials (the log) ->
-runner (Runner, SearchResult) -> strategies -> objective, optuna_bridge (its plots are in mokit.plot).
+runner (Runner, SearchResult) -> strategies -> asha, objective, optuna_bridge (its plots are in mokit.plot).
 """
 
+from .asha import async_halving, idle_fraction, parallel_halving, time_to
 from .checks import (
                      DRAWS_PER_TRIAL,
                      FEASIBLE_DRAWS,
@@ -38,7 +41,8 @@ from .checks import (
 )
 from .objective import train_objective
 from .optuna_bridge import open_storage, optuna_search, param_importances, study_result
-from .runner import Runner, SearchResult, check_runner, format_config
+from .ray_bridge import ray_search, ray_throughput
+from .runner import Runner, SearchResult, check_runner, evaluate_trial, format_config
 from .space import (
                      Param,
                      choice,
@@ -54,8 +58,10 @@ from .space import (
 )
 from .strategies import (
                      STRATEGIES,
+                     distinct_draws,
                      evolution,
                      grid_search,
+                     halve,
                      hill_climb,
                      hyperband,
                      random_search,
@@ -68,10 +74,12 @@ from .trials import Trial, TrialLog, check_search_name, jsonable, search_path, t
 
 __all__ = [
     "DRAWS_PER_TRIAL", "FEASIBLE_DRAWS", "MAX_COUNT", "MAX_EPOCHS", "MAX_ETA", "MAX_STALE", "STRATEGIES",
-    "Param", "Runner", "SearchResult", "Trial", "TrialLog", "check_bool", "check_budget", "check_callable",
-    "check_count", "check_metric", "check_runner", "check_search_name", "choice", "evolution",
-    "float_range", "format_config", "grid", "grid_search", "hill_climb", "hyperband", "int_range",
-    "is_active", "jsonable", "mutate", "open_storage", "optuna_search", "param_importances",
-    "random_search", "repair", "rungs", "sample", "search_path", "strategy", "study_result",
-    "successive_halving", "train_objective", "tree_search", "trial_key", "validate_space", "values",
+    "Param", "Runner", "SearchResult", "Trial", "TrialLog", "async_halving", "check_bool", "check_budget",
+    "check_callable", "check_count", "check_metric", "check_runner", "check_search_name", "choice",
+    "distinct_draws", "evaluate_trial", "evolution", "float_range", "format_config", "grid", "grid_search",
+    "halve", "hill_climb", "hyperband", "idle_fraction", "int_range", "is_active", "jsonable", "mutate",
+    "open_storage", "optuna_search", "parallel_halving", "param_importances", "random_search", "ray_search",
+    "ray_throughput", "repair", "rungs", "sample", "search_path", "strategy", "study_result",
+    "successive_halving", "time_to", "train_objective", "tree_search", "trial_key", "validate_space",
+    "values",
 ]

@@ -4,13 +4,24 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from typing import Literal
 
 from .. import validate
 from .checks import MAX_ETA, check_budget, check_count
 from .runner import Runner, SearchResult
 from .space import is_active, validate_space
+from .storage import (
+    RECONNECT,
+    check_directions,
+    fail_lost_trials,
+    grace_of,
+    heartbeat_of,
+    is_transient,
+    open_storage,
+    retried_numbers,
+)
 from .strategies import rungs as _rungs
 from .trials import Trial, jsonable, tuples_back
 
@@ -30,23 +41,6 @@ def _pruners(rungs: list[int], eta: int):
             "hyperband": lambda: optuna.pruners.HyperbandPruner(
                 min_resource=rungs[0], max_resource=rungs[-1], reduction_factor=eta),
             "none": lambda: optuna.pruners.NopPruner()}
-
-
-def open_storage(storage):
-    """None (in memory), a journal file path (*.log / *.journal: processes on one machine), or an
-    RDB URL ('sqlite:///x.db', 'postgresql://user:pw@host/db', 'mysql+pymysql://...': machines)."""
-    if storage is None or not isinstance(storage, (str, os.PathLike)):
-        return storage
-    s = str(storage)
-    if "://" in s:
-        return s
-    if not s.endswith((".log", ".journal", ".jsonl")):
-        raise ValueError(f"storage {s!r}: give a journal file (*.log, *.journal) or an RDB URL "
-                         f"(sqlite:///..., postgresql://..., mysql+pymysql://...)")
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-    Path(s).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(s))
 
 
 def _suggest(trial, space: dict) -> dict:
@@ -127,7 +121,8 @@ def param_importances(result: SearchResult, space: dict, *, evaluator: str = "pe
     return dict(optuna.importance.get_param_importances(study, evaluator=make(**kw)))
 
 
-_COUNTED = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
+_COUNTED = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")    # WAITING: a retry, queued
+_MAX_TAKEN = 1000       # trials of one worker that others may fail (heartbeat) before it gives up
 _PRUNERS = ("median", "successive_halving", "hyperband", "none")
 
 
@@ -155,7 +150,10 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
     the config is then trained at budgets min_budget, *eta, ... up to budget (each from scratch,
     all counted as compute) and Optuna may stop it after any rung.
     storage: see open_storage. Workers started with the same storage and study_name share one
-    study; together they finish n_trials trials (counted in the study, over all workers).
+    study; together they finish n_trials trials (counted in the study, over all workers). On a
+    database a trial whose worker died is failed by the heartbeat and run again (it does not count,
+    its retry does); a worker whose quota is full waits while trials of others run, to retry theirs
+    if they die. A study_name that exists with other directions is a ValueError before any trial.
     """
     import optuna
 
@@ -184,18 +182,26 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
     run = Runner(objective, metric=metric, maximize=maximize, name=name, path=path, verbose=verbose)
     validate_space(space)
     optuna.logging.set_verbosity(optuna.logging.ERROR)      # mokit prints failed trials itself
-    study = optuna.create_study(
-        storage=open_storage(storage), study_name=study_name, load_if_exists=study_name is not None,
-        sampler=samplers[sampler](seed), pruner=pruners[pruner](),
-        directions=["maximize" if mx else "minimize" for _, mx in objectives])
+    directions: list[Literal["maximize", "minimize"]] = ["maximize" if mx else "minimize" for _, mx in objectives]
+    store = open_storage(storage)
+    study = optuna.create_study(storage=store, study_name=study_name, load_if_exists=study_name is not None,
+                                sampler=samplers[sampler](seed), pruner=pruners[pruner](), directions=directions)
+    check_directions(study, study_name, storage, directions)
     counted = tuple(getattr(optuna.trial.TrialState, s) for s in _COUNTED)
+    waiting = (optuna.trial.TrialState.WAITING,)
 
     def ahead(number: int | None = None) -> int:
-        """Trials of the study that count towards n_trials (before `number`, if given)."""
-        return sum(1 for t in study.get_trials(deepcopy=False, states=counted)
-                   if not t.user_attrs.get("over_quota") and (number is None or t.number < number))
+        """Trials of the study that count towards n_trials (before `number`, if given): a trial that
+        lost its worker and was queued again does not count, its retry does."""
+        trials = study.get_trials(deepcopy=False)
+        retried = retried_numbers(trials)
+        return sum(1 for t in trials if t.state in counted and t.number not in retried
+                   and not t.user_attrs.get("over_quota") and (number is None or t.number < number))
+
+    current: list[int] = []                        # the number of this worker's latest trial
 
     def fn(trial):
+        current[:] = [trial.number]
         if ahead(trial.number) >= n_trials:        # another worker took the last slot
             trial.set_user_attr("over_quota", True)
             study.stop()
@@ -223,9 +229,55 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
         if ahead() >= n_trials:
             study_.stop()
 
-    if ahead() < n_trials:
-        study.optimize(fn, callbacks=[stop_when_done], catch=(Exception,))
+    def taken() -> bool:
+        """Whether this worker's last trial was failed by another one (its heartbeat went quiet)."""
+        return any(t.number in current and t.state == optuna.trial.TrialState.FAIL
+                   for t in study.get_trials(deepcopy=False))
+
+    _drive(study, store, lambda: ahead() < n_trials or bool(study.get_trials(deepcopy=False, states=waiting)),
+           lambda: study.optimize(fn, callbacks=[stop_when_done], catch=(Exception,)), taken)
     return study_result(study, f"optuna_{sampler}", metric, maximize)
+
+
+def _drive(study, store, more: Callable[[], bool], optimize: Callable[[], None], taken: Callable[[], bool]) -> None:
+    """optimize() while more() (the quota is open, or a retry waits); then, on a storage with a heartbeat,
+    wait while other trials run, so that one whose worker died is failed and retried here.
+
+    Neither a storage call that lost the server for longer than the storage waits (see open_storage),
+    nor Optuna's error on finishing a trial another worker failed meanwhile (taken(): its heartbeat
+    stopped, e.g. while the server was away; its retry runs instead) ends the search.
+    """
+    import optuna
+
+    beat, grace = heartbeat_of(store), grace_of(store)
+    seen, since, lost, strikes = None, time.monotonic(), None, 0
+    while True:
+        try:
+            if more():
+                optimize()
+                lost = None
+                continue
+            running = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+            if not beat or not running:
+                return
+            if running != seen:
+                seen, since = running, time.monotonic()
+            elif time.monotonic() - since > grace + 2 * beat:
+                return                                     # they are alive: their workers finish them
+            time.sleep(beat)
+            fail_lost_trials(study)
+            lost = None
+        except Exception as e:
+            if is_transient(e):
+                lost = lost or time.monotonic()
+                if time.monotonic() - lost > RECONNECT:
+                    raise
+                time.sleep(1.0)
+            elif isinstance(e, (ValueError, AssertionError, optuna.exceptions.UpdateFinishedTrialError)) \
+                    and strikes < _MAX_TAKEN and taken():
+                strikes += 1
+            else:
+                raise
 
 
 def study_result(study, strategy: str = "optuna", metric: str = "score",
@@ -235,15 +287,19 @@ def study_result(study, strategy: str = "optuna", metric: str = "score",
 
     status = {optuna.trial.TrialState.COMPLETE: "ok", optuna.trial.TrialState.PRUNED: "pruned",
               optuna.trial.TrialState.FAIL: "failed"}
-    trials = []
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        if t.state not in status or t.user_attrs.get("over_quota") or "config" not in t.user_attrs:
+    trials, everything = [], sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    retried = retried_numbers(everything)                 # their retries stand for them
+    for t in everything:
+        if t.state not in status or t.user_attrs.get("over_quota") or "config" not in t.user_attrs \
+                or t.number in retried:
             continue
         ua = t.user_attrs
         metrics = ua.get("metrics", {}) if t.state == optuna.trial.TrialState.COMPLETE else {}
+        info = {"number": t.number, "compute": ua.get("compute", 0)}
+        if t.system_attrs.get("retry_history"):
+            info["retry_of"] = list(t.system_attrs["retry_history"])
         trials.append(Trial(tuples_back(ua["config"]), ua.get("budget", 0), metrics, ua.get("seconds", 0.0),
-                            status[t.state], info={"number": t.number, "compute": ua.get("compute", 0)}))
-    result = SearchResult(strategy, trials, metric, maximize)
-    return result
+                            status[t.state], info=info))
+    return SearchResult(strategy, trials, metric, maximize)
 
 

@@ -46,42 +46,61 @@ class Runner:
         check_budget(budget)
         if not isinstance(config, dict):
             raise ValueError(f"config must be a dict of decision name -> value, got {config!r}")
+        known = self.lookup(config, budget)
+        if known is not None:
+            return known
+        return self.record(evaluate_trial(self.objective, self.metric, config, budget))
+
+    def lookup(self, config: dict, budget: int) -> Trial | None:
+        """The trial of (config, budget) if this search or its log already has it (then it joins
+        this search's trials, marked resumed when read from the log), else None."""
         key = trial_key(config, budget)
         if key in self._keys:
             return self._keys[key]
         if key in self.done:
             trial = self.done[key]
             trial.resumed = True
-        else:
-            trial = self._run(config, budget, key)
-            if self.log is not None:
-                self.log.append(trial)
-            self.done[key] = trial
+            return self._add(trial)
+        return None
+
+    def record(self, trial: Trial) -> Trial:
+        """Add a trial run here or elsewhere (a worker process): logged at once, then part of the search."""
+        done = self.done                                   # opens the log at the first trial
+        if self.log is not None:
+            self.log.append(trial)
+        done[trial.key] = trial
+        return self._add(trial)
+
+    def _add(self, trial: Trial) -> Trial:
         self.trials.append(trial)
-        self._keys[key] = trial
+        self._keys[trial.key] = trial
         if self.verbose:
-            print(f"  trial {len(self.trials):3d}  budget {budget:3d}  {self.metric} "
-                  f"{trial.value(self.metric, self.maximize):8.3f}  {trial.status}  {format_config(config)}")
+            print(f"  trial {len(self.trials):3d}  budget {trial.budget:3d}  {self.metric} "
+                  f"{trial.value(self.metric, self.maximize):8.3f}  {trial.status}  {format_config(trial.config)}")
         return trial
 
     def seen(self, config: dict, budget: int) -> bool:
         return trial_key(config, budget) in self._keys
 
-    def _run(self, config: dict, budget: int, key: str) -> Trial:
-        t0 = time.perf_counter()
-        try:
-            out = self.objective(dict(config), budget)
-            metrics = {self.metric: out} if isinstance(out, (int, float)) else dict(out)
-            v = metrics.get(self.metric)
-            if v is None:
-                raise KeyError(f"objective returned no {self.metric!r} (got {sorted(metrics)})")
-            if not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise FloatingPointError(f"objective returned {self.metric}={v!r}")
-            return Trial(jsonable(config), budget, jsonable(metrics), time.perf_counter() - t0, key=key)
-        except Exception as e:  # a failed trial is recorded, the search goes on
-            print(f"  trial failed ({type(e).__name__}: {e}); config {format_config(config)}")
-            return Trial(jsonable(config), budget, {}, time.perf_counter() - t0, "failed",
-                         f"{type(e).__name__}: {e}", key=key)
+
+def evaluate_trial(objective: Callable, metric: str, config: dict, budget: int) -> Trial:
+    """objective(config, budget) as a Trial: its metrics and seconds, or "failed" with the error
+    (an exception, a missing metric or a non-finite one) printed; never raises."""
+    key = trial_key(config, budget)
+    t0 = time.perf_counter()
+    try:
+        out = objective(dict(config), budget)
+        metrics = {metric: out} if isinstance(out, (int, float)) else dict(out)
+        v = metrics.get(metric)
+        if v is None:
+            raise KeyError(f"objective returned no {metric!r} (got {sorted(metrics)})")
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise FloatingPointError(f"objective returned {metric}={v!r}")
+        return Trial(jsonable(config), budget, jsonable(metrics), time.perf_counter() - t0, key=key)
+    except Exception as e:  # a failed trial is recorded, the search goes on
+        print(f"  trial failed ({type(e).__name__}: {e}); config {format_config(config)}")
+        return Trial(jsonable(config), budget, {}, time.perf_counter() - t0, "failed",
+                     f"{type(e).__name__}: {e}", key=key)
 
 
 def format_config(config: dict) -> str:

@@ -13,7 +13,7 @@ import functools
 import inspect
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .. import validate
 from .checks import (
@@ -52,7 +52,8 @@ def strategy(key: str, label: str | None = None):
             return SearchResult(label or key, run.trials, metric, maximize)
 
         own = list(inspect.signature(loop).parameters.values())[2:]
-        search.__signature__ = inspect.Signature(  # type: ignore[attr-defined]                  # what help() and IDEs show
+        # what help() and IDEs show
+        search.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             [inspect.Parameter("objective", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="Callable"),
              inspect.Parameter("space", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="dict"),
              *own, *_SHARED], return_annotation="SearchResult")
@@ -117,22 +118,27 @@ def rungs(min_budget: int, max_budget: int, eta: int) -> list[int]:
     return out
 
 
-def _distinct(space: dict, rng: random.Random, n: int, feasible: Callable | None) -> list[dict]:
-    """Up to n distinct configs, drawn in the order random_search draws them."""
-    configs: list[dict] = []
+def distinct_draws(space: dict, rng: random.Random, n: int, feasible: Callable | None) -> Iterator[dict]:
+    """Up to n distinct configs, in the order random_search draws them (DRAWS_PER_TRIAL * n draws at most)."""
+    seen: list[dict] = []
     for _ in range(DRAWS_PER_TRIAL * n):
-        if len(configs) >= n:
-            break
+        if len(seen) >= n:
+            return
         c = _propose(space, rng, feasible)
-        if c not in configs:
-            configs.append(c)
-    return configs
+        if c not in seen:
+            seen.append(c)
+            yield c
 
 
-def _halve(run: Runner, configs: list[dict], budgets: list[int], eta: int) -> None:
-    """Successive halving: train all at budgets[0], keep the best 1/eta, move them to the next rung."""
+def halve(run: Runner, configs: list[dict], budgets: list[int], eta: int,
+          evaluate: Callable[[list[dict], int], list[Trial]] | None = None) -> None:
+    """Successive halving: train all at budgets[0], keep the best 1/eta, move them to the next rung.
+
+    evaluate(configs, budget) -> their trials, in order (default: one after another through `run`)."""
+    evaluate = evaluate or (lambda cs, b: [run(c, b) for c in cs])
     for i, b in enumerate(budgets):
-        scored = [(run(c, b).value(run.metric, run.maximize), j, c) for j, c in enumerate(configs)]
+        trials = evaluate(configs, b)
+        scored = [(t.value(run.metric, run.maximize), j, c) for j, (c, t) in enumerate(zip(configs, trials))]
         if i == len(budgets) - 1:
             break
         scored.sort(key=lambda s: (s[0] if run.maximize else -s[0], -s[1]), reverse=True)
@@ -150,7 +156,7 @@ def successive_halving(run: Runner, space: dict, *, n_configs: int, min_budget: 
     check_count("n_configs", n_configs)
     budgets = rungs(min_budget, max_budget, eta)
     check_draws(seed, feasible)
-    _halve(run, _distinct(space, random.Random(seed), n_configs, feasible), budgets, eta)
+    halve(run, list(distinct_draws(space, random.Random(seed), n_configs, feasible)), budgets, eta)
 
 
 @strategy("hyperband")
@@ -165,7 +171,7 @@ def hyperband(run: Runner, space: dict, *, min_budget: int, max_budget: int, eta
     rng, s_max = random.Random(seed), len(budgets) - 1
     for s in range(s_max, -1, -1):
         n = math.ceil((s_max + 1) / (s + 1) * eta ** s)
-        _halve(run, _distinct(space, rng, n, feasible), budgets[s_max - s:], eta)
+        halve(run, list(distinct_draws(space, rng, n, feasible)), budgets[s_max - s:], eta)
 
 
 @strategy("evolution")

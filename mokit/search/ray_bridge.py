@@ -1,0 +1,306 @@
+"""Ray Tune drives the search: ASHA stops poor trials early, trials run side by side on a local Ray or a cluster.
+
+    from mokit.search import choice, float_range, ray_search
+    space = {"lr": float_range(1e-3, 1.0, log=True), "width": choice(16, 32, 64)}
+    result = ray_search(objective, space, n_trials=12, max_budget=9, eta=3, searcher="tpe", concurrent=2)
+    result.best.config, result.best.value, result.table()
+
+By default Ray runs embedded in this process (`ray.init(num_cpus=concurrent * cpus_per_trial)`) and is shut
+down when the search ends; a Ray you started yourself (`ray.init(...)`) is used and left running. On a cluster:
+
+    ray start --head --port=6379                   # on the head machine
+    ray start --address=HEAD:6379                  # on every other machine (same Python, mokit, data)
+    result = ray_search(objective, space, n_trials=64, max_budget=27, concurrent=8, address="HEAD:6379")
+
+Each trial trains its config at the rungs min_budget, min_budget*eta, ... max_budget (each rung from scratch,
+as optuna_search's pruners do) and reports after each; ASHA (time_attr "budget", grace period min_budget,
+reduction factor eta) may stop it after any rung. A trial's info holds the compute it spent (the sum of its
+rungs), its per-rung values (history), Ray's trial id and its start / end (time.time()); its budget is the
+last rung it reached, its status "ok" (reached max_budget), "pruned" (stopped by ASHA) or "failed" (the
+objective raised or gave NaN: it reports the worst value, the search goes on). Conditional decisions
+(`when=`): the random searcher draws every decision and the trial drops the inactive ones before calling
+the objective; TPE asks Optuna only for the active ones (define-by-run). The objective is pickled to Ray's
+workers: define it in the notebook or script, or in a module the workers can import; each trial uses
+`cpus_per_trial` torch threads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .. import validate
+from .checks import MAX_COUNT, check_budget, check_count
+from .runner import Runner, SearchResult, check_runner, format_config
+from .space import is_active, validate_space
+from .strategies import rungs as make_rungs
+from .trials import Trial, TrialLog, search_path, trial_key
+
+SEARCHERS = ("random", "tpe")
+SCHEDULERS = ("asha", "fifo")
+RESERVED = ("budget", "mokit", "done", "trial_id", "training_iteration", "time_total_s", "time_this_iter_s")
+WORST = 1e300                 # what a failed rung reports (finite: ASHA's percentiles and TPE take it)
+# Set in os.environ (unless already set) before Ray starts: no GPU-variable FutureWarning, no Tune banner
+# (the old output engine is silent at verbose=0), trials run in the caller's working directory.
+QUIET = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "RAY_AIR_NEW_OUTPUT": "0", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
+
+
+def _labels(space: dict) -> dict[str, dict]:
+    """{choice name: {label: option}}: options Ray and Optuna can hold as they are, others (tuples) by their repr."""
+    plain = {n: all(o is None or isinstance(o, (bool, int, float, str)) for o in p.options) for n, p in space.items()}
+    return {n: {o if plain[n] else repr(o): o for o in p.options} for n, p in space.items() if p.kind == "choice"}
+
+
+def _ray_space(space: dict, labels: dict) -> dict:
+    """The random searcher's param_space: every decision, active or not (the trial drops inactive ones)."""
+    from ray import tune
+    out = {}
+    for name, p in space.items():
+        if p.kind == "choice":
+            out[name] = tune.choice(list(labels[name]))
+        elif p.kind == "float":
+            out[name] = tune.loguniform(p.low, p.high) if p.log else tune.uniform(p.low, p.high)
+        else:                                       # randint's upper bound is exclusive
+            out[name] = (tune.lograndint if p.log else tune.randint)(int(p.low), int(p.high) + 1)
+    return out
+
+
+class _DefineByRun:
+    """TPE's space for OptunaSearch: Optuna is asked only for the active decisions (a class: Ray pickles it)."""
+
+    def __init__(self, space: dict, labels: dict):
+        self.space, self.labels = space, labels
+
+    def __call__(self, trial) -> None:
+        config: dict = {}
+        for name, p in self.space.items():
+            if not is_active(p, config):
+                continue
+            if p.kind == "float":
+                config[name] = trial.suggest_float(name, p.low, p.high, log=p.log)
+            elif p.kind == "int":
+                config[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log)
+            else:
+                config[name] = self.labels[name][trial.suggest_categorical(name, list(self.labels[name]))]
+
+
+def _config(space: dict, labels: dict, raw: dict) -> dict:
+    """The mokit config of Ray's config: active decisions only, in order, options back from their labels."""
+    config: dict = {}
+    for name, p in space.items():
+        if is_active(p, config) and name in raw:
+            v = raw[name]
+            config[name] = labels[name][v] if p.kind == "choice" else int(v) if p.kind == "int" else float(v)
+    return config
+
+
+def _temp() -> str:
+    """A temp folder with a short path (Ray's unix sockets live under it; their paths are limited to 107 bytes)."""
+    return tempfile.mkdtemp(prefix="mokit_ray_", dir="/tmp" if os.path.isdir("/tmp") else None)
+
+
+def _check_address(address) -> None:
+    """None, 'auto', or 'host:port' of a Ray head (port 1..65535)."""
+    if address is None or address == "auto":
+        return
+    host, sep, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"address must be None (a Ray of this process's own), 'auto' (the cluster this machine "
+                         f"belongs to) or 'host:port' of a Ray head (e.g. '10.0.0.5:6379'), got {address!r}")
+
+
+def _connect(address, num_cpus: int, verbose: bool, temp_dir: str) -> bool:
+    """Start a local Ray (address None) or join the cluster at address; True if this call did either.
+
+    A Ray already initialised in this process is used as it is. 'host:port' is first probed with a plain
+    TCP connect (3 s), so an unreachable head is a ValueError at once, not a long wait inside ray.init.
+    """
+    import logging
+
+    for k, v in QUIET.items():
+        os.environ.setdefault(k, v)
+    import ray
+    if address not in (None, "auto"):
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=3).close()
+        except OSError as e:
+            raise ValueError(f"address {address!r}: no Ray head answers there ({e}); start one there with "
+                             f"`ray start --head --port={port}`") from None
+    if ray.is_initialized():
+        return False
+    quiet: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose, "configure_logging": True,
+             "logging_level": logging.INFO if verbose else logging.ERROR}
+    for attempt in range(2 if address is None else 1):     # the raylet gives its agents 15 s to start: a
+        try:                                                  # loaded machine may miss that once
+            if address is None:
+                ray.init(address="local", num_cpus=num_cpus, _temp_dir=temp_dir, **quiet)
+            else:
+                ray.init(address=address, **quiet)
+            return True
+        except Exception as e:                                # ConnectionError, TimeoutError, RuntimeError, ...
+            ray.shutdown()                                    # no half-started processes left behind
+            if address is not None:
+                raise ValueError(f"address {address!r}: could not join a Ray cluster there "
+                                 f"({type(e).__name__}: {e})") from e
+            if attempt:
+                raise
+    return True
+
+
+def _trainable(objective, space, labels, rungs, metric, maximize, threads) -> Callable:
+    def trainable(raw: dict) -> None:
+        from ray import tune
+        os.environ["OMP_NUM_THREADS"] = str(threads)          # for a torch the objective imports later
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+        config, run = _config(space, labels, raw), Runner(objective, metric=metric, maximize=maximize)
+        spent, seconds, history, started = 0, 0.0, [], time.time()
+        for b in rungs:
+            t = run(config, b)
+            spent, seconds = spent + b, seconds + t.seconds
+            ok = t.status == "ok"
+            value = t.value(metric, maximize) if ok else -WORST if maximize else WORST
+            history.append([b, value if ok else None])
+            tune.report({metric: value, "budget": b, "mokit": {
+                "status": t.status, "error": t.error, "metrics": t.metrics, "compute": spent,
+                "seconds": seconds, "history": history, "started": started, "ended": time.time()}})
+            if not ok:
+                return
+    return trainable
+
+
+def _trial(r, number: int, space: dict, labels: dict, max_budget: int) -> Trial:
+    """mokit's Trial of one Ray Result."""
+    got = (r.metrics or {}).get("mokit", {})
+    status = got.get("status", "failed")
+    error = got.get("error", "") or (f"{type(r.error).__name__}: {r.error}" if r.error else "")
+    budget = int((r.metrics or {}).get("budget", 0))
+    if r.error:                                    # the trial's process died, or Ray could not run it
+        status = "failed"
+    elif status == "ok" and budget < max_budget:
+        status = "pruned"
+    info = {"number": number, "compute": got.get("compute", 0), "history": got.get("history", []),
+            "trial_id": (r.metrics or {}).get("trial_id", ""), **{k: got[k] for k in ("started", "ended") if k in got}}
+    config = _config(space, labels, r.config or {})
+    return Trial(config, budget, got.get("metrics", {}) if status == "ok" else {}, got.get("seconds", 0.0), status,
+                 error, key=trial_key(config, budget), info=info)
+
+
+def ray_search(objective: Callable, space: dict, *, n_trials: int, max_budget: int, min_budget: int = 1,
+               eta: int = 3, searcher: str = "random", scheduler: str = "asha", metric: str = "score",
+               maximize: bool = True, seed: int = 0, concurrent: int = 1, cpus_per_trial: int = 1,
+               address: str | None = None, name: str | None = None, storage_path: str | os.PathLike | None = None,
+               verbose: bool = False) -> SearchResult:
+    """Search `space` with Ray Tune: n_trials configs from `searcher` ('random': Ray's BasicVariantGenerator,
+    'tpe': Optuna's TPE through OptunaSearch), `concurrent` at a time with `cpus_per_trial` CPUs each;
+    `scheduler` 'asha' trains each at the rungs min_budget, *eta, ... max_budget and stops poor ones early,
+    'fifo' trains each at max_budget. address: None (a Ray of this process's own), 'auto' or 'host:port'.
+    name: the trials also go to <runs>/searches/<name>/trials.jsonl and Ray's files under it (else a temp dir,
+    removed after; storage_path overrides). Returns a SearchResult (info['compute']: epochs a trial spent).
+    """
+    check_runner(objective, metric, maximize, name, None, verbose)
+    if metric in RESERVED:
+        raise ValueError(f"metric {metric!r} is a name the Ray bridge reports itself; valid: any but {RESERVED}")
+    validate_space(space)
+    check_count("n_trials", n_trials)
+    check_budget(max_budget, "max_budget")
+    validate.choice("searcher", searcher, SEARCHERS)
+    validate.choice("scheduler", scheduler, SCHEDULERS)
+    rungs = make_rungs(min_budget, max_budget, eta) if scheduler == "asha" else [max_budget]
+    make_rungs(min_budget, max(min_budget, max_budget), eta)     # checks min_budget and eta for fifo too
+    validate.integer("seed", seed)
+    validate.integer("concurrent", concurrent, low=1, high=MAX_COUNT, what="trials at a time")
+    validate.integer("cpus_per_trial", cpus_per_trial, low=1, high=1024, what="CPUs and torch threads per trial")
+    _check_address(address)
+    if storage_path is not None and not isinstance(storage_path, (str, os.PathLike)):
+        raise ValueError(f"storage_path must be a folder (str or os.PathLike) or None, got {storage_path!r}")
+
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    labels, mode = _labels(space), "max" if maximize else "min"
+    folder = search_path(name) if name else None
+    temp = _temp()      # a local Ray's session files, and results unless named
+    store = Path(storage_path or (folder / "ray" if folder else Path(temp, "results"))).expanduser().resolve()
+    started = False
+    try:
+        started = _connect(address, concurrent * cpus_per_trial, verbose, temp)
+        search_alg: Any
+        if searcher == "tpe":
+            import optuna
+            from ray.tune.search.optuna import OptunaSearch
+            level = optuna.logging.get_verbosity()
+            optuna.logging.set_verbosity(optuna.logging.WARNING)      # not "A new study created in memory"
+            try:
+                search_alg = OptunaSearch(_DefineByRun(space, labels), metric=metric, mode=mode, seed=seed)
+            finally:
+                optuna.logging.set_verbosity(level)
+            param_space = {}
+        else:
+            from ray.tune.search.basic_variant import BasicVariantGenerator
+            search_alg, param_space = BasicVariantGenerator(random_state=seed), _ray_space(space, labels)
+        sched = (ASHAScheduler(time_attr="budget", grace_period=min_budget, reduction_factor=eta, max_t=max_budget)
+                 if scheduler == "asha" else FIFOScheduler())
+        trainable = tune.with_resources(_trainable(objective, space, labels, rungs, metric, maximize,
+                                                   cpus_per_trial), {"cpu": cpus_per_trial})
+        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(
+            metric=metric, mode=mode, search_alg=search_alg, scheduler=sched, num_samples=n_trials,
+            max_concurrent_trials=concurrent, reuse_actors=True),
+            run_config=tune.RunConfig(name=name or "mokit_ray", storage_path=str(store), verbose=2 if verbose else 0))
+        results = tuner.fit()
+        trials = [_trial(results[i], i, space, labels, max_budget) for i in range(len(results))]
+    finally:
+        if started:
+            ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+    for t in trials:
+        if t.status == "failed":
+            print(f"  trial failed ({t.error}); config {format_config(t.config)}")
+    if folder is not None:
+        log = TrialLog(folder / "trials.jsonl")
+        for t in trials:
+            log.append(t)
+    return SearchResult(f"ray_{searcher}_{scheduler}", trials, metric, maximize)
+
+
+def ray_throughput(objective: Callable, space: dict, *, n_trials: int = 8, budget: int = 1,
+                   concurrents: tuple = (1, 2), seed: int = 0) -> dict[int, dict[str, float]]:
+    """Trials per minute of ray_search (random searcher, FIFO, one CPU and torch thread per trial) at each
+    level of concurrency, all in one Ray started once: {concurrent: {"window": n_trials per minute from the
+    first trial's start to the last one's end, "wall": per minute of the whole ray_search call}}. "wall"
+    counts Ray Tune's start of each search and of its workers (seconds each): give trials of seconds or more."""
+    import ray
+    check_runner(objective, "score", True, None, None, False)
+    validate_space(space)
+    check_count("n_trials", n_trials)
+    check_budget(budget)
+    if not isinstance(concurrents, (list, tuple)) or not concurrents:
+        raise ValueError(f"concurrents must be a non-empty tuple of trials at a time, got {concurrents!r}")
+    levels = [validate.integer("concurrents entry", c, low=1, high=MAX_COUNT) for c in concurrents]
+    temp, started = _temp(), False
+    try:
+        started = _connect(None, max(levels), False, temp)
+        out = {}
+        for c in levels:
+            t0 = time.perf_counter()
+            result = ray_search(objective, space, n_trials=n_trials, max_budget=budget, scheduler="fifo", seed=seed,
+                                concurrent=c)
+            wall = time.perf_counter() - t0
+            ts = [t.info for t in result.trials if "started" in t.info]
+            window = max(i["ended"] for i in ts) - min(i["started"] for i in ts) if ts else math.nan
+            out[c] = {"window": 60 * n_trials / window, "wall": 60 * n_trials / wall}
+    finally:
+        if started:
+            ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+    return out

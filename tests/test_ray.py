@@ -1,0 +1,146 @@
+"""mokit.search.ray_search on a real local Ray: ASHA stops poor trials early, failures are trials, Ray is shut
+down when the bridge started it and left running when the user did; bad arguments fail before Ray starts."""
+
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray Tune is the `scale` extra: pip install 'mokit[scale]'")
+psutil = pytest.importorskip("psutil", reason="Ray depends on psutil")
+from mokit import search as S  # noqa: E402
+
+SPACE = {"x": S.float_range(0.0, 1.0), "opt": S.choice("sgd", "momentum", "broken"),
+         "momentum": S.float_range(0.5, 0.9, when={"opt": ["momentum"]}), "shape": S.choice((8, 8), (16,))}
+RUNGS = [1, 2, 4]                                     # min_budget 1, eta 2, max_budget 4
+
+
+def make_objective():
+    """A quadratic that grows with the budget (nested, so Ray pickles it by value to its workers)."""
+    def objective(config, budget):
+        assert ("momentum" in config) == (config["opt"] == "momentum"), config   # inactive decisions dropped
+        assert isinstance(config["shape"], tuple), config
+        if config["opt"] == "broken":
+            raise RuntimeError("broken optimizer")
+        return {"score": 1 - (config["x"] - 0.3) ** 2 + 0.01 * budget, "width": config["shape"][0]}
+    return objective
+
+
+def ray_leftovers(wait: float = 10.0) -> list:
+    """Ray processes of this test process still alive after `wait` s: its descendants that are Ray's
+    (gcs_server, raylet, ray:: workers) and any process of a Ray session it started (session_..._<our pid>)."""
+    mine = re.compile(rf"session_[\d_-]+_{os.getpid()}\b")
+    deadline = time.monotonic() + wait
+    while True:
+        kids = {p.pid for p in psutil.Process().children(recursive=True)}
+        left = []
+        for p in psutil.process_iter(["cmdline", "status"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if p.info["status"] != psutil.STATUS_ZOMBIE and (
+                    mine.search(cmd) or (p.pid in kids and ("ray" in cmd or "gcs_server" in cmd))):
+                left.append(f"{p.pid} {cmd[:100]}")
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
+def check_result(result, n_trials):
+    assert len(result.trials) == n_trials
+    assert len({repr(sorted(t.config.items())) for t in result.trials}) == n_trials      # distinct configs
+    assert {t.status for t in result.trials} <= {"ok", "pruned", "failed"}
+    for t in result.trials:
+        assert t.budget in RUNGS
+        assert t.info["compute"] == sum(b for b in RUNGS if b <= t.budget), t
+        assert [b for b, _ in t.info["history"]] == [b for b in RUNGS if b <= t.budget]
+        assert (t.status == "failed") == (t.config["opt"] == "broken"), t
+        if t.status == "failed":
+            assert "broken optimizer" in t.error and t.metrics == {}
+        if t.status == "ok":
+            assert t.budget == 4 and t.metrics["width"] == t.config["shape"][0]
+            assert t.metrics["score"] == pytest.approx(1 - (t.config["x"] - 0.3) ** 2 + 0.04)
+    best = result.best
+    assert best is not None and best.budget == 4
+    assert best.value("score") == max(t.value("score") for t in result.trials if t.status == "ok")
+    assert result.best_value > 0.5
+
+
+def test_asha_search_on_a_ray_of_its_own_then_shut_down(capsys):
+    assert not ray.is_initialized()
+    result = S.ray_search(make_objective(), SPACE, n_trials=8, max_budget=4, min_budget=1, eta=2, seed=0,
+                          concurrent=2, name="ray_asha")
+    assert result.strategy == "ray_random_asha"
+    check_result(result, 8)
+    spent = sum(t.info["compute"] for t in result.trials)
+    ok = [t for t in result.trials if t.status != "failed"]
+    assert any(t.status == "pruned" for t in ok), [(t.status, t.budget) for t in result.trials]
+    assert spent < len(ok) * sum(RUNGS)                # ASHA stopped some trials before max_budget
+    assert "trial failed (RuntimeError: broken optimizer)" in capsys.readouterr().out
+    log = S.search_path("ray_asha") / "trials.jsonl"
+    assert len(log.read_text().splitlines()) == 8
+    assert not ray.is_initialized()                    # the bridge started Ray, so it shut it down
+    assert ray_leftovers() == []
+
+
+def test_tpe_on_a_ray_the_user_started_is_left_running():
+    temp = tempfile.mkdtemp(prefix="mokit_ray_test_", dir="/tmp")       # short: Ray's socket paths are limited
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR", _temp_dir=temp)
+    try:
+        result = S.ray_search(make_objective(), SPACE, n_trials=6, max_budget=4, eta=2, searcher="tpe",
+                              concurrent=2, seed=1)
+        assert result.strategy == "ray_tpe_asha"
+        check_result(result, 6)
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+    assert ray_leftovers() == []
+
+
+GOOD = {"n_trials": 4, "max_budget": 4}
+BAD = [
+    ({"searcher": "bayes"}, "searcher"), ({"scheduler": "hyperband"}, "scheduler"), ({"n_trials": 0}, "n_trials"),
+    ({"eta": math.nan}, "eta"), ({"eta": 1}, "eta"), ({"max_budget": 0}, "max_budget"),
+    ({"min_budget": 8}, "max_budget"), ({"concurrent": 0}, "concurrent"), ({"cpus_per_trial": 1.5}, "cpus_per_trial"),
+    ({"seed": None}, "seed"), ({"metric": "budget"}, "budget"), ({"metric": ""}, "metric"),
+    ({"maximize": 1}, "maximize"), ({"name": "../x"}, "name"), ({"address": "nowhere"}, "nowhere"),
+    ({"address": "host:0"}, "host:0"), ({"address": 6379}, "6379"), ({"storage_path": 3}, "storage_path"),
+]
+
+
+@pytest.mark.parametrize(("kw", "named"), BAD, ids=[next(iter(kw)) for kw, _ in BAD])
+def test_bad_arguments_fail_before_ray_starts(kw, named):
+    with pytest.raises(ValueError, match=named):
+        S.ray_search(make_objective(), SPACE, **{**GOOD, **kw})
+    assert not ray.is_initialized()
+
+
+def test_bad_space_and_objective_fail_before_ray_starts():
+    with pytest.raises(ValueError, match="search space"):
+        S.ray_search(make_objective(), {}, **GOOD)
+    with pytest.raises(ValueError, match="objective"):
+        S.ray_search(None, SPACE, **GOOD)
+    assert not ray.is_initialized()
+
+
+def test_unreachable_address_is_refused_by_name_at_once():
+    with socket.socket() as s:                          # a local port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match=f"address '{address}'.*ray start --head --port={port}"):
+        S.ray_search(make_objective(), SPACE, address=address, **GOOD)
+    assert time.monotonic() - t0 < 10
+    assert not ray.is_initialized()
+
+
+def test_importing_mokit_search_does_not_import_ray():
+    code = "import sys, mokit.search; assert 'ray' not in sys.modules, 'ray imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
