@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # JupyterLab refuses to run as root unless told; a learner's laptop never needs this.
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: setup lab test course student student-lab workshop clean
+.PHONY: setup lab test course student student-lab workshop classroom clean
 
 setup: $(STAMP)
 
@@ -26,7 +26,7 @@ JOBS ?= auto
 test: $(STAMP)
 	$(BIN)/ruff check mokit tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -n $(JOBS)
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
 
 course: $(STAMP)
 	$(BIN)/python -m mokit.course
@@ -42,6 +42,13 @@ student-lab: student
 # DATASETS="fashion_mnist cifar10" also warms the LeNets for those values of the DATASET knob.
 workshop: $(STAMP)
 	$(BIN)/python -m mokit.workshop $(if $(DATASETS),--datasets $(DATASETS))
+
+# During a class: one shared study behind Optuna's gRPC proxy, and optuna-dashboard beside it; it prints the
+# address students paste into notebook 07's STORAGE knob. Listens on this machine only; ROOM=1 serves the
+# classroom network (anyone on it can read and write the study: no authentication);
+# STORAGE=postgresql://user:pw@host/db keeps the study in a database instead of runs/classroom/study.db.
+classroom: $(STAMP)
+	$(BIN)/python -m mokit.classroom serve $(if $(ROOM),--room) $(if $(STORAGE),--storage $(STORAGE))
 
 clean:
 	rm -rf runs student .pytest_cache

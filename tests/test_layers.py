@@ -21,14 +21,14 @@ LAYERS = [
     ["zoo", "metrics"],
     ["prune", "quantize", "distill", "ensemble"],
     ["search"],
-    ["nas"],
+    ["nas", "bench"],
     ["procs", "runtime"],
     ["parallel", "export"],
     ["serve"],
     ["results", "plot", "widgets"],
     ["check", "report"],
     ["student", "course"],
-    ["workshop"],
+    ["workshop", "classroom"],
 ]
 RANK = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 

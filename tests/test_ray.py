@@ -33,7 +33,7 @@ def make_objective():
     return objective
 
 
-def ray_leftovers(wait: float = 10.0) -> list:
+def ray_leftovers(wait: float = 30.0) -> list:
     """Ray processes of this test process still alive after `wait` s: its descendants that are Ray's
     (gcs_server, raylet, ray:: workers) and any process of a Ray session it started (session_..._<our pid>)."""
     mine = re.compile(rf"session_[\d_-]+_{os.getpid()}\b")
@@ -71,6 +71,7 @@ def check_result(result, n_trials):
     assert result.best_value > 0.5
 
 
+@pytest.mark.xdist_group("ray")         # one Ray start at a time (see STARTS_RAY in test_notebooks.py)
 def test_asha_search_on_a_ray_of_its_own_then_shut_down(capsys):
     assert not ray.is_initialized()
     result = S.ray_search(make_objective(), SPACE, n_trials=8, max_budget=4, min_budget=1, eta=2, seed=0,
@@ -88,6 +89,7 @@ def test_asha_search_on_a_ray_of_its_own_then_shut_down(capsys):
     assert ray_leftovers() == []
 
 
+@pytest.mark.xdist_group("ray")
 def test_tpe_on_a_ray_the_user_started_is_left_running():
     temp = tempfile.mkdtemp(prefix="mokit_ray_test_", dir="/tmp")       # short: Ray's socket paths are limited
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR", _temp_dir=temp)

@@ -41,7 +41,7 @@ from .checks import (
 )
 from .objective import train_objective
 from .optuna_bridge import open_storage, optuna_search, param_importances, study_result
-from .ray_bridge import ray_search, ray_throughput
+from .ray_bridge import LocalRay, ray_search, ray_throughput
 from .runner import Runner, SearchResult, check_runner, evaluate_trial, format_config
 from .space import (
                      Param,
@@ -74,12 +74,12 @@ from .trials import Trial, TrialLog, check_search_name, jsonable, search_path, t
 
 __all__ = [
     "DRAWS_PER_TRIAL", "FEASIBLE_DRAWS", "MAX_COUNT", "MAX_EPOCHS", "MAX_ETA", "MAX_STALE", "STRATEGIES",
-    "Param", "Runner", "SearchResult", "Trial", "TrialLog", "async_halving", "check_bool", "check_budget",
-    "check_callable", "check_count", "check_metric", "check_runner", "check_search_name", "choice",
-    "distinct_draws", "evaluate_trial", "evolution", "float_range", "format_config", "grid", "grid_search",
-    "halve", "hill_climb", "hyperband", "idle_fraction", "int_range", "is_active", "jsonable", "mutate",
-    "open_storage", "optuna_search", "parallel_halving", "param_importances", "random_search", "ray_search",
-    "ray_throughput", "repair", "rungs", "sample", "search_path", "strategy", "study_result",
+    "LocalRay", "Param", "Runner", "SearchResult", "Trial", "TrialLog", "async_halving", "check_bool",
+    "check_budget", "check_callable", "check_count", "check_metric", "check_runner", "check_search_name",
+    "choice", "distinct_draws", "evaluate_trial", "evolution", "float_range", "format_config", "grid",
+    "grid_search", "halve", "hill_climb", "hyperband", "idle_fraction", "int_range", "is_active", "jsonable",
+    "mutate", "open_storage", "optuna_search", "parallel_halving", "param_importances", "random_search",
+    "ray_search", "ray_throughput", "repair", "rungs", "sample", "search_path", "strategy", "study_result",
     "successive_halving", "time_to", "train_objective", "tree_search", "trial_key", "validate_space",
     "values",
 ]

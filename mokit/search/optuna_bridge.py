@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 from .. import validate
+from ..files import plain
 from .checks import MAX_ETA, check_budget, check_count
 from .runner import Runner, SearchResult
 from .space import is_active, validate_space
@@ -124,6 +125,22 @@ def param_importances(result: SearchResult, space: dict, *, evaluator: str = "pe
 _COUNTED = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")    # WAITING: a retry, queued
 _MAX_TAKEN = 1000       # trials of one worker that others may fail (heartbeat) before it gives up
 _PRUNERS = ("median", "successive_halving", "hyperband", "none")
+_OWN_ATTRS = ("config", "compute", "budget", "metrics", "seconds", "over_quota", "number", "retry_of")
+
+
+def _check_user_attrs(user_attrs) -> dict:
+    """user_attrs as JSON-plain values: a dict of non-empty string keys other than the ones mokit records."""
+    if user_attrs is None:
+        return {}
+    if not isinstance(user_attrs, dict) or not all(isinstance(k, str) and k for k in user_attrs):
+        raise ValueError(f"user_attrs must be None or a dict of non-empty string keys -> JSON values "
+                         f"(str, number, bool, None, lists / dicts of them), got {user_attrs!r}")
+    if clash := sorted(set(user_attrs) & set(_OWN_ATTRS)):
+        raise ValueError(f"user_attrs may not use the names mokit records on each trial itself: {clash}")
+    try:
+        return {k: plain(v, f"user_attrs[{k!r}]") for k, v in user_attrs.items()}
+    except TypeError as e:
+        raise ValueError(str(e)) from e
 
 
 def _check_objectives(objectives) -> list[tuple[str, bool]]:
@@ -141,8 +158,8 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
                   sampler: str = "tpe", seed: int | None = 0, metric: str = "score",
                   maximize: bool = True, objectives: Sequence[tuple[str, bool]] | None = None,
                   pruner: str = "none", eta: int = 3, min_budget: int = 1,
-                  storage=None, study_name: str | None = None, name: str | None = None, path=None,
-                  verbose: bool = False) -> SearchResult:
+                  storage=None, study_name: str | None = None, user_attrs: dict | None = None,
+                  name: str | None = None, path=None, verbose: bool = False) -> SearchResult:
     """Optuna drives the search; mokit supplies the space, the objective and the trial log.
 
     sampler: 'tpe' | 'nsga2' (several objectives) | 'random'. objectives=[(metric, maximize), ...]
@@ -154,6 +171,8 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
     database a trial whose worker died is failed by the heartbeat and run again (it does not count,
     its retry does); a worker whose quota is full waits while trials of others run, to retry theirs
     if they die. A study_name that exists with other directions is a ValueError before any trial.
+    user_attrs (JSON values) are set on each trial of this worker, e.g. {"student": "Ada"} in a class's
+    shared study (mokit.classroom); study_result keeps them in each Trial's info.
     """
     import optuna
 
@@ -178,6 +197,7 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
         raise ValueError(f"study_name must be a non-empty string or None, got {study_name!r}")
     if seed is not None:
         validate.integer("seed", seed, what="or None")
+    tags = _check_user_attrs(user_attrs)
     metric, maximize = objectives[0]
     run = Runner(objective, metric=metric, maximize=maximize, name=name, path=path, verbose=verbose)
     validate_space(space)
@@ -206,6 +226,8 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
             trial.set_user_attr("over_quota", True)
             study.stop()
             raise optuna.TrialPruned()
+        for key, value in tags.items():
+            trial.set_user_attr(key, value)
         config = _suggest(trial, space)
         trial.set_user_attr("config", jsonable(config))
         spent = 0
@@ -298,6 +320,7 @@ def study_result(study, strategy: str = "optuna", metric: str = "score",
         info = {"number": t.number, "compute": ua.get("compute", 0)}
         if t.system_attrs.get("retry_history"):
             info["retry_of"] = list(t.system_attrs["retry_history"])
+        info.update({k: v for k, v in ua.items() if k not in _OWN_ATTRS})      # user_attrs: e.g. the student
         trials.append(Trial(tuples_back(ua["config"]), ua.get("budget", 0), metrics, ua.get("seconds", 0.0),
                             status[t.state], info=info))
     return SearchResult(strategy, trials, metric, maximize)

@@ -47,6 +47,9 @@ from .trials import Trial, TrialLog, search_path, trial_key
 SEARCHERS = ("random", "tpe")
 SCHEDULERS = ("asha", "fifo")
 RESERVED = ("budget", "mokit", "done", "trial_id", "training_iteration", "time_total_s", "time_this_iter_s")
+# Ray's raylet must register within a fixed 30 s, and gives its Python agents a fixed 15 s to start: on a
+# busy 2-core machine one start in a few misses that, so a local start is tried this many times
+LOCAL_START_ATTEMPTS = 4
 WORST = 1e300                 # what a failed rung reports (finite: ASHA's percentiles and TPE take it)
 # Set in os.environ (unless already set) before Ray starts: no GPU-variable FutureWarning, no Tune banner
 # (the old output engine is silent at verbose=0), trials run in the caller's working directory.
@@ -139,8 +142,9 @@ def _connect(address, num_cpus: int, verbose: bool, temp_dir: str) -> bool:
         return False
     quiet: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose, "configure_logging": True,
              "logging_level": logging.INFO if verbose else logging.ERROR}
-    for attempt in range(2 if address is None else 1):     # the raylet gives its agents 15 s to start: a
-        try:                                                  # loaded machine may miss that once
+    attempts = LOCAL_START_ATTEMPTS if address is None else 1
+    for attempt in range(1, attempts + 1):
+        try:
             if address is None:
                 ray.init(address="local", num_cpus=num_cpus, _temp_dir=temp_dir, **quiet)
             else:
@@ -151,13 +155,49 @@ def _connect(address, num_cpus: int, verbose: bool, temp_dir: str) -> bool:
             if address is not None:
                 raise ValueError(f"address {address!r}: could not join a Ray cluster there "
                                  f"({type(e).__name__}: {e})") from e
-            if attempt:
+            if attempt == attempts:
                 raise
+            if verbose:
+                print(f"Ray did not start ({e}); trying again ({attempt + 1} of {attempts})")
+            time.sleep(2.0 * attempt)                         # let the machine's other work move on
     return True
 
 
-def _trainable(objective, space, labels, rungs, metric, maximize, threads) -> Callable:
-    def trainable(raw: dict) -> None:
+class LocalRay:
+    """A Ray of this process's own for several searches, started once (ray_search and ray_throughput use
+    a running Ray as it is):
+
+        ray = LocalRay(2)          # or: with LocalRay(2): ...
+        ray_search(...); ray_throughput(...)
+        ray.close()
+    """
+
+    def __init__(self, num_cpus: int = 2, *, verbose: bool = False):
+        num_cpus = validate.integer("num_cpus", num_cpus, low=1, high=MAX_COUNT)
+        self.temp = _temp()
+        try:
+            self.started = _connect(None, num_cpus, validate.flag("verbose", verbose), self.temp)
+        except BaseException:
+            shutil.rmtree(self.temp, ignore_errors=True)
+            raise
+
+    def close(self) -> None:
+        import ray
+        if self.started:
+            ray.shutdown()
+            self.started = False
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+    def __enter__(self) -> LocalRay:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _trainable(space, labels, rungs, metric, maximize, threads) -> Callable:
+    """The Ray trainable; the objective comes through tune.with_parameters (Ray's object store, once)."""
+    def trainable(raw: dict, objective: Callable) -> None:
         from ray import tune
         os.environ["OMP_NUM_THREADS"] = str(threads)          # for a torch the objective imports later
         if "torch" in sys.modules:
@@ -191,7 +231,8 @@ def _trial(r, number: int, space: dict, labels: dict, max_budget: int) -> Trial:
     info = {"number": number, "compute": got.get("compute", 0), "history": got.get("history", []),
             "trial_id": (r.metrics or {}).get("trial_id", ""), **{k: got[k] for k in ("started", "ended") if k in got}}
     config = _config(space, labels, r.config or {})
-    return Trial(config, budget, got.get("metrics", {}) if status == "ok" else {}, got.get("seconds", 0.0), status,
+    # a pruned trial keeps the metrics of the last rung it reached (SearchResult.best counts only "ok" ones)
+    return Trial(config, budget, got.get("metrics", {}) if status != "failed" else {}, got.get("seconds", 0.0), status,
                  error, key=trial_key(config, budget), info=info)
 
 
@@ -251,8 +292,9 @@ def ray_search(objective: Callable, space: dict, *, n_trials: int, max_budget: i
             search_alg, param_space = BasicVariantGenerator(random_state=seed), _ray_space(space, labels)
         sched = (ASHAScheduler(time_attr="budget", grace_period=min_budget, reduction_factor=eta, max_t=max_budget)
                  if scheduler == "asha" else FIFOScheduler())
-        trainable = tune.with_resources(_trainable(objective, space, labels, rungs, metric, maximize,
-                                                   cpus_per_trial), {"cpu": cpus_per_trial})
+        trainable = tune.with_resources(
+            tune.with_parameters(_trainable(space, labels, rungs, metric, maximize, cpus_per_trial),
+                                 objective=objective), {"cpu": cpus_per_trial})
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(
             metric=metric, mode=mode, search_alg=search_alg, scheduler=sched, num_samples=n_trials,
             max_concurrent_trials=concurrent, reuse_actors=True),
@@ -274,33 +316,29 @@ def ray_search(objective: Callable, space: dict, *, n_trials: int, max_budget: i
 
 
 def ray_throughput(objective: Callable, space: dict, *, n_trials: int = 8, budget: int = 1,
-                   concurrents: tuple = (1, 2), seed: int = 0) -> dict[int, dict[str, float]]:
+                   concurrents: tuple = (1, 2), seed: int = 0, metric: str = "score") -> dict[int, dict[str, float]]:
     """Trials per minute of ray_search (random searcher, FIFO, one CPU and torch thread per trial) at each
     level of concurrency, all in one Ray started once: {concurrent: {"window": n_trials per minute from the
     first trial's start to the last one's end, "wall": per minute of the whole ray_search call}}. "wall"
     counts Ray Tune's start of each search and of its workers (seconds each): give trials of seconds or more."""
-    import ray
-    check_runner(objective, "score", True, None, None, False)
+    check_runner(objective, metric, True, None, None, False)
     validate_space(space)
     check_count("n_trials", n_trials)
     check_budget(budget)
     if not isinstance(concurrents, (list, tuple)) or not concurrents:
         raise ValueError(f"concurrents must be a non-empty tuple of trials at a time, got {concurrents!r}")
     levels = [validate.integer("concurrents entry", c, low=1, high=MAX_COUNT) for c in concurrents]
-    temp, started = _temp(), False
-    try:
-        started = _connect(None, max(levels), False, temp)
-        out = {}
+    out = {}
+    with LocalRay(max(levels)):                    # one Ray for every level (a running one is used as it is)
         for c in levels:
             t0 = time.perf_counter()
             result = ray_search(objective, space, n_trials=n_trials, max_budget=budget, scheduler="fifo", seed=seed,
-                                concurrent=c)
+                                concurrent=c, metric=metric)
             wall = time.perf_counter() - t0
+            if result.n_failed:                    # a failed trial takes no time: its rate would mean nothing
+                raise RuntimeError(f"ray_throughput: {result.n_failed} of {n_trials} trials failed; first error: "
+                                   f"{next(t.error for t in result.trials if t.status == 'failed')}")
             ts = [t.info for t in result.trials if "started" in t.info]
             window = max(i["ended"] for i in ts) - min(i["started"] for i in ts) if ts else math.nan
             out[c] = {"window": 60 * n_trials / window, "wall": 60 * n_trials / wall}
-    finally:
-        if started:
-            ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
     return out

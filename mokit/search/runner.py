@@ -184,8 +184,10 @@ class SearchResult:
                         reverse=True)
         rows = Table()
         for t in ranked[:top]:
+            pruned = t.status == "pruned"              # its last rung's value, where the search kept it
+            shown = t.metrics.get(self.metric, math.nan) if pruned else t.value(self.metric, self.maximize)
             rows.append({**{k: (str(v) if isinstance(v, (list, tuple)) else v) for k, v in t.config.items()},
-                         "budget": t.budget, self.metric: t.value(self.metric, self.maximize),
+                         "budget": t.budget, self.metric: shown,
                          "status": t.status, "seconds": t.seconds})
         return rows
 

@@ -6,17 +6,22 @@ whose worker died (no heartbeat for GRACE seconds) is marked failed by the next 
 run again (up to MAX_RETRY times) with the same config. A storage call that loses the server (it
 restarted, the network dropped) waits for it and tries again for up to RECONNECT seconds, so a
 restart of the server pauses the search instead of ending it.
+
+'grpc://HOST:PORT' is Optuna's gRPC storage proxy (`python -m mokit.classroom serve` runs one in front of
+a database): a call that finds the proxy gone waits for it the same way, then fails naming the proxy.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import socket
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .. import validate
 
@@ -46,6 +51,35 @@ def is_transient(error: BaseException | None) -> bool:
     return False
 
 
+def _retrying(method, state: threading.local, transient: Callable[[BaseException], bool],
+              gone: Callable[[object, BaseException], BaseException] | None = None):
+    """`method`, calling again while it fails with a transient error, for up to its storage's `reconnect`
+    seconds; then the error (or gone(storage, error) from it). Nested calls leave the waiting to the outermost."""
+    def call(self, *args, **kwargs):
+        if getattr(state, "inside", False):
+            return method(self, *args, **kwargs)
+        state.inside, deadline, pause = True, time.monotonic() + self.reconnect, 0.1
+        try:
+            while True:
+                try:
+                    return method(self, *args, **kwargs)
+                except Exception as e:
+                    if not transient(e):
+                        raise
+                    if time.monotonic() + pause > deadline:
+                        if gone is None:
+                            raise
+                        raise gone(self, e) from e
+                time.sleep(pause)
+                pause = min(2 * pause, 2.0)
+                if callable(getattr(self, "redial", None)):     # a fresh connection for the next try
+                    self.redial()
+        finally:
+            state.inside = False
+    call.__name__, call.__qualname__, call.__doc__ = method.__name__, method.__qualname__, method.__doc__
+    return call
+
+
 def _reconnecting_class():
     import optuna
 
@@ -58,46 +92,81 @@ def _reconnecting_class():
             self.reconnect = reconnect
 
     state = threading.local()
-
-    def again(method):
-        def call(self, *args, **kwargs):
-            if getattr(state, "inside", False):          # the outermost call does the waiting
-                return method(self, *args, **kwargs)
-            state.inside, deadline, pause = True, time.monotonic() + self.reconnect, 0.1
-            try:
-                while True:
-                    try:
-                        return method(self, *args, **kwargs)
-                    except Exception as e:
-                        if not is_transient(e) or time.monotonic() + pause > deadline:
-                            raise
-                    time.sleep(pause)
-                    pause = min(2 * pause, 2.0)
-            finally:
-                state.inside = False
-        call.__name__, call.__qualname__, call.__doc__ = method.__name__, method.__qualname__, method.__doc__
-        return call
-
     for name, member in vars(optuna.storages.RDBStorage).items():     # every method that may talk to the server
         if callable(member) and not name.startswith(("__", "get_heartbeat")) \
                 and not isinstance(member, (staticmethod, classmethod)):
-            setattr(ReconnectingRDBStorage, name, again(member))
+            setattr(ReconnectingRDBStorage, name, _retrying(member, state, is_transient))
     ReconnectingRDBStorage.__module__ = __name__      # pickled by name: found through __getattr__ below
     ReconnectingRDBStorage.__qualname__ = "ReconnectingRDBStorage"
     return ReconnectingRDBStorage
 
 
+def proxy_lost(error: BaseException | None) -> bool:
+    """Whether an error is the gRPC proxy not answering (stopped, restarting, the network dropped): UNAVAILABLE,
+    or CANCELLED (a call a stopping proxy took but never ran; a graceful stop lets the running ones finish)."""
+    code = getattr(error, "code", None)
+    return type(error).__module__.startswith("grpc") and callable(code) and \
+        getattr(code(), "name", "") in ("UNAVAILABLE", "CANCELLED")
+
+
+def _proxy_gone(storage, error: BaseException) -> ConnectionError:
+    details = getattr(error, "details", None)
+    return ConnectionError(f"the storage proxy {storage.url} did not answer for {storage.reconnect:g} s "
+                           f"({details() if callable(details) else error}): is `python -m mokit.classroom serve` "
+                           f"still running there, and is this machine on its network?")
+
+
+def _proxy_class():
+    import optuna
+
+    class ReconnectingGrpcStorageProxy(optuna.storages.GrpcStorageProxy):
+        """GrpcStorageProxy whose calls wait out a proxy that went away (up to `reconnect` seconds), dialling
+        it again on each try, and then fail naming it."""
+
+        def __init__(self, *, host: str, port: int, reconnect: float = RECONNECT):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                super().__init__(host=host, port=port)
+            self.url, self.reconnect = f"grpc://{host}:{port}", reconnect
+
+        def redial(self) -> None:
+            """A fresh channel (its reconnect backoff reset), as an unpickled copy makes."""
+            self.close()
+            self.__setstate__(self.__getstate__())
+
+    state = threading.local()
+    for name, member in vars(optuna.storages.GrpcStorageProxy).items():
+        if callable(member) and not name.startswith("_") and name not in ("wait_server_ready", "close"):
+            setattr(ReconnectingGrpcStorageProxy, name, _retrying(member, state, proxy_lost, _proxy_gone))
+    ReconnectingGrpcStorageProxy.__module__ = __name__
+    ReconnectingGrpcStorageProxy.__qualname__ = "ReconnectingGrpcStorageProxy"
+    return ReconnectingGrpcStorageProxy
+
+
+_BUILDERS = {"ReconnectingRDBStorage": _reconnecting_class, "ReconnectingGrpcStorageProxy": _proxy_class}
+
+
 def storage_class():
     """ReconnectingRDBStorage, the RDBStorage subclass open_storage makes: built when first needed,
     so that importing mokit.search does not import Optuna."""
-    if "ReconnectingRDBStorage" not in globals():
-        globals()["ReconnectingRDBStorage"] = _reconnecting_class()
-    return globals()["ReconnectingRDBStorage"]
+    return _built("ReconnectingRDBStorage")
+
+
+def proxy_class():
+    """ReconnectingGrpcStorageProxy, the GrpcStorageProxy subclass open_storage makes for grpc:// (built when
+    first needed)."""
+    return _built("ReconnectingGrpcStorageProxy")
+
+
+def _built(name: str):
+    if name not in globals():
+        globals()[name] = _BUILDERS[name]()
+    return globals()[name]
 
 
 def __getattr__(name: str):
-    if name == "ReconnectingRDBStorage":              # pickle finds the class by its name here
-        return storage_class()
+    if name in _BUILDERS:                             # pickle finds the classes by their names here
+        return _built(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -111,10 +180,16 @@ def open_storage(storage, *, heartbeat: int = HEARTBEAT, grace: int = GRACE, max
     failed and retried up to `max_retry` times; a call that loses the server tries again for
     `reconnect` s. A server that cannot be reached within `connect_timeout` s is a ValueError
     naming the URL (its password masked), raised before any trial runs.
+
+    'grpc://HOST:PORT' is Optuna's gRPC storage proxy (see mokit.classroom): a ReconnectingGrpcStorageProxy,
+    whose calls wait up to `reconnect` s for a proxy that went away; one that does not answer within
+    `connect_timeout` s now is a ValueError naming it. Heartbeats do not pass through the proxy.
     """
     if storage is None or not isinstance(storage, (str, os.PathLike)):
         return storage
     s = str(storage)
+    if s.lower().startswith("grpc://"):
+        return _open_proxy(s, reconnect, connect_timeout)
     if "://" in s:
         return _open_rdb(s, heartbeat, grace, max_retry, reconnect, connect_timeout)
     if not s.endswith((".log", ".journal", ".jsonl")):
@@ -158,6 +233,36 @@ def _open_rdb(url: str, heartbeat, grace, max_retry, reconnect, connect_timeout)
             raise ValueError(f"cannot open storage {masked(url)}: {_reason(e)} (is the database server running and "
                              f"reachable from here, and are the URL's user, password and database right?)") from e
     raise AssertionError("unreachable")
+
+
+def _open_proxy(url: str, reconnect, connect_timeout):
+    reconnect = validate.number("reconnect", reconnect, low=0, what="seconds")
+    connect_timeout = validate.integer("connect_timeout", connect_timeout, low=1, what="seconds")
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError as e:                            # a port that is no number, or out of range
+        host, port, parts = None, None, None
+        why = str(e)
+    else:
+        why = "it has no port" if port is None else "give only grpc://HOST:PORT"
+    if not host or not port or parts is None or parts.path not in ("", "/") or parts.query or parts.username:
+        raise ValueError(f"storage {url!r}: give a gRPC storage proxy as grpc://HOST:PORT with a port in "
+                         f"1..65535, e.g. grpc://192.168.1.20:13000 ({why})")
+    try:
+        proxy = proxy_class()(host=host, port=port, reconnect=reconnect)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"storage {url}: the gRPC storage proxy needs grpcio and Optuna >= 4.2 "
+                         f"(pip install 'mokit[scale]'): {e}") from e
+    try:
+        socket.create_connection((host, port), timeout=connect_timeout).close()
+        proxy.wait_server_ready(timeout=connect_timeout)
+    except (OSError, ConnectionError) as e:
+        proxy.close()
+        raise ValueError(f"cannot reach the storage proxy {proxy.url} ({e}): is `python -m mokit.classroom serve` "
+                         f"running there, with --room when students connect from other machines, and is "
+                         f"port {port} open?") from e
+    return proxy
 
 
 def _reason(error: BaseException) -> str:
