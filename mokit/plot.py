@@ -266,3 +266,20 @@ def pareto(results: Mapping[str, SearchResult], x: str = "params", y: str = "val
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def best_so_far_bands(bands: Mapping[str, Sequence], *, xlabel: str = "simulated seconds",
+                      ylabel: str = "best val_acc %", title: str = "best so far against compute",
+                      ylim: tuple[float, float] | None = None):
+    """One line per strategy, its mean best-so-far, in a shaded band: bands[name] = (x, mean, low, high),
+    as mokit.bench.Comparison.bands() gives them (nan where a strategy has no value yet)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for label, (x, mean, low, high) in bands.items():
+        (line,) = ax.plot(x, mean, label=label, lw=1.6)
+        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.18, lw=0)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
