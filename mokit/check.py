@@ -872,6 +872,19 @@ def bubble_fraction(fn: Callable[[int, int], float]) -> CheckResult:
         "return (stages - 1) / (micro_batches + stages - 1)"))
 
 
+def idle_share(fn: Callable[[list, int], float]) -> CheckResult:
+    """fn(spans, workers) -> the share of worker time spent waiting: 1 - sum(end - start) / (workers x the
+    last end), spans being (start, end) seconds of every trial since the search began (09b)."""
+    cases = [Case("one worker, no gaps", ([(0.0, 1.0), (1.0, 3.0)], 1), 0.0),
+             Case("two workers, one waits half the time", ([(0.0, 2.0), (0.0, 1.0)], 2), 0.25),
+             Case("a rung barrier: both wait for the slow one", ([(0.0, 1.0), (0.0, 3.0), (3.0, 4.0)], 2), 0.375),
+             Case("three workers, one never used", ([(0.0, 2.0), (0.0, 2.0)], 3), 1 / 3)]
+    return run_checks("idle_share", fn, cases, Hints(
+        "every worker could have worked from 0 until the last trial ended; how much of that did trials fill?",
+        "busy = the sum of (end - start); available = workers * the largest end",
+        "return 1 - sum(e - s for s, e in spans) / (workers * max(e for _, e in spans))"))
+
+
 def all_reduce_mean(fn: Callable) -> CheckResult:
     """fn(grads) -> new per-worker gradient lists in which every worker holds the mean over workers
     (grads[w][p] is worker w's gradient of parameter p); the inputs are left unchanged."""

@@ -232,6 +232,8 @@ RIGHT_AND_WRONG = {
                           lambda x, z, w: x.float() @ w.float().T - z * w.float().sum(1)),
     "halving_loop": (_halving, lambda c, o, b, eta: [(x, b[-1], o(x, b[-1])) for x in c]),
     "bubble_fraction": (lambda s, m: (s - 1) / (m + s - 1), lambda s, m: (s - 1) / m),
+    "idle_share": (lambda sp, w: 1 - sum(e - s for s, e in sp) / (w * max(e for _, e in sp)),
+                   lambda sp, w: 1 - sum(e - s for s, e in sp) / max(e for _, e in sp)),
     "all_reduce_mean": (_all_reduce, lambda grads: [list(w) for w in grads]),
     "validate_request": (_validate, lambda body, in_shape: torch.tensor(body["inputs"], dtype=torch.float32)),
     "nm_mask": (lambda w, n, m: torch.zeros_like(g := w.reshape(w.shape[0], -1, m).abs()).scatter_(
