@@ -44,7 +44,7 @@ def _pruners(rungs: list[int], eta: int):
             "none": lambda: optuna.pruners.NopPruner()}
 
 
-def _suggest(trial, space: dict) -> dict:
+def suggest(trial, space: dict) -> dict:
     """Ask Optuna for each active decision (define-by-run handles the conditions)."""
     config: dict = {}
     for name, p in space.items():
@@ -63,12 +63,12 @@ def _suggest(trial, space: dict) -> dict:
 
 
 def _primitive(p) -> bool:
-    """Options Optuna can take as they are (the rest go to Optuna as their repr, as in _suggest)."""
+    """Options Optuna can take as they are (the rest go to Optuna as their repr, as in suggest)."""
     return all(o is None or isinstance(o, (bool, int, float, str)) for o in p.options)
 
 
 def _distribution(p):
-    """The Optuna distribution _suggest asks for decision `p`."""
+    """The Optuna distribution suggest asks for decision `p`."""
     import optuna
     if p.kind == "float":
         return optuna.distributions.FloatDistribution(p.low, p.high, log=p.log)
@@ -228,7 +228,7 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
             raise optuna.TrialPruned()
         for key, value in tags.items():
             trial.set_user_attr(key, value)
-        config = _suggest(trial, space)
+        config = suggest(trial, space)
         trial.set_user_attr("config", jsonable(config))
         spent = 0
         for b in rungs:

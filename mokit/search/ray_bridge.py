@@ -39,6 +39,7 @@ from typing import Any
 
 from .. import validate
 from .checks import MAX_COUNT, check_budget, check_count
+from .optuna_bridge import suggest
 from .runner import Runner, SearchResult, check_runner, format_config
 from .space import is_active, validate_space
 from .strategies import rungs as make_rungs
@@ -79,20 +80,11 @@ def _ray_space(space: dict, labels: dict) -> dict:
 class _DefineByRun:
     """TPE's space for OptunaSearch: Optuna is asked only for the active decisions (a class: Ray pickles it)."""
 
-    def __init__(self, space: dict, labels: dict):
-        self.space, self.labels = space, labels
+    def __init__(self, space: dict):
+        self.space = space
 
     def __call__(self, trial) -> None:
-        config: dict = {}
-        for name, p in self.space.items():
-            if not is_active(p, config):
-                continue
-            if p.kind == "float":
-                config[name] = trial.suggest_float(name, p.low, p.high, log=p.log)
-            elif p.kind == "int":
-                config[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log)
-            else:
-                config[name] = self.labels[name][trial.suggest_categorical(name, list(self.labels[name]))]
+        suggest(trial, self.space)              # the Optuna bridge's own mapping of a mokit space
 
 
 def _config(space: dict, labels: dict, raw: dict) -> dict:
@@ -283,7 +275,7 @@ def ray_search(objective: Callable, space: dict, *, n_trials: int, max_budget: i
             level = optuna.logging.get_verbosity()
             optuna.logging.set_verbosity(optuna.logging.WARNING)      # not "A new study created in memory"
             try:
-                search_alg = OptunaSearch(_DefineByRun(space, labels), metric=metric, mode=mode, seed=seed)
+                search_alg = OptunaSearch(_DefineByRun(space), metric=metric, mode=mode, seed=seed)
             finally:
                 optuna.logging.set_verbosity(level)
             param_space = {}
