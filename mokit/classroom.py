@@ -7,8 +7,9 @@ URL. `python -m mokit.classroom leaderboard` prints the class's best trials and 
 
 Student: `STORAGE = "grpc://HOST:PORT"`, `STUDENT = "Ada"`, then
     search.optuna_search(objective, space, budget=..., n_trials=..., **classroom.join(STORAGE, STUDENT))
-(that is storage=STORAGE, study_name="classroom", user_attrs={"student": STUDENT}): each trial is tagged
-with its student; `classroom.leaderboard(STORAGE)` ranks them.
+(that is storage=STORAGE, study_name="classroom", user_attrs={"student": STUDENT}, quota="mine"): each trial
+is tagged with its student, n_trials counts the student's own trials (a rerun adds none once they are
+done), and `classroom.leaderboard(STORAGE)` ranks them.
 
 Both servers listen on 127.0.0.1 unless told otherwise: only this machine can connect. --room (or --host
 0.0.0.0) serves the room, and then ANYONE who can reach this machine can read and write every trial of the
@@ -68,7 +69,7 @@ def join(storage: str, student: str, *, study_name: str = STUDY) -> dict:
         raise ValueError(f"study_name must be a non-empty string, got {study_name!r}")
     if (probe := open_storage(storage)) is not storage and hasattr(probe, "close"):
         probe.close()
-    return {"storage": storage, "study_name": study_name, "user_attrs": {"student": name}}
+    return {"storage": storage, "study_name": study_name, "user_attrs": {"student": name}, "quota": "mine"}
 
 
 def leaderboard(storage, study_name: str = STUDY, *, metric: str = "val_acc", top: int = 10,

@@ -232,6 +232,22 @@ def test_bad_inputs_fail_before_any_trial(tmp_path, capsys):
     assert calls == []
 
 
+def test_joined_students_each_add_their_own_trials_and_a_rerun_adds_none(tmp_path):
+    url = f"sqlite:///{tmp_path / 'class.db'}"
+    for name in ("Ada", "Grace", "Ada"):
+        S.optuna_search(objective, SPACE, budget=1, n_trials=3, metric="val_acc", sampler="random", seed=None,
+                        **C.join(url, name, study_name="class"))
+    board = C.leaderboard(url, "class", top=100)
+    assert sorted(row["student"] for row in board) == ["Ada"] * 3 + ["Grace"] * 3
+    shared = S.optuna_search(objective, SPACE, budget=1, n_trials=3, metric="val_acc", sampler="random",
+                             storage=url, study_name="class")             # quota "study": 6 are there already
+    assert len(shared.trials) == 6
+    with pytest.raises(ValueError, match="quota"):
+        S.optuna_search(objective, SPACE, budget=1, n_trials=3, storage=url, study_name="class", quota="each")
+    with pytest.raises(ValueError, match="user_attrs"):
+        S.optuna_search(objective, SPACE, budget=1, n_trials=3, storage=url, study_name="class", quota="mine")
+
+
 def test_trials_keep_their_student_and_the_leaderboard_ranks_them(tmp_path):
     url = f"sqlite:///{tmp_path / 'local.db'}"
     for seed, name in enumerate(("Ada", "Grace")):

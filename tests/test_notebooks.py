@@ -24,6 +24,8 @@ NO_DATASET_KNOB = {"00_setup_and_baselines"}          # takes DATASETS (a list),
 # Notebooks that start a Ray: their runs go to one xdist worker (`--dist loadgroup` in make test), so two
 # Ray starts never compete for the cores (a Ray node that cannot register within its fixed 30 s fails)
 STARTS_RAY = {"09b_search_at_scale"}
+# One smoke run of 07 joins a class study (a SQLite file; the gRPC proxy is tested in test_classroom.py)
+CLASS_STUDY = ("07_hyperparameter_search", "fashion_mnist")
 CASES = [pytest.param(p, d, marks=[pytest.mark.xdist_group("ray")] if p.stem in STARTS_RAY else [],
                       id=f"{p.stem}-{d}" if d else p.stem)
          for p in NOTEBOOKS for d in ([None] if p.stem in NO_DATASET_KNOB else list_datasets())]
@@ -43,7 +45,17 @@ def _run(path: Path, out: Path, **parameters) -> float:
 def test_notebook_smoke(path, dataset, tmp_path):
     results_path(path.stem).unlink(missing_ok=True)        # record() merges: start from nothing
     parameters = {"SMOKE": True} | ({"DATASET": dataset} if dataset else {})
+    storage = f"sqlite:///{tmp_path / 'class.db'}"
+    if (path.stem, dataset) == CLASS_STUDY:
+        parameters |= {"STORAGE": storage, "STUDENT": "Smoke Test"}
     seconds = _run(path, tmp_path / path.name, **parameters)
+    if (path.stem, dataset) == CLASS_STUDY:                # the notebook's trials are in the class study
+        import optuna
+
+        from mokit import classroom
+        trials = optuna.load_study(study_name=classroom.STUDY, storage=storage).trials
+        assert [t.user_attrs.get("student") for t in trials] == ["Smoke Test"] * 2, trials    # CLASS_TRIALS
+        assert {row["student"] for row in classroom.leaderboard(storage, top=100)} <= {"Smoke Test"}
     results = load_results(path.stem)
     assert results, f"{path.name} recorded nothing"
     assert "real_data" in results, f"{path.name} must record real_data (True/False)"

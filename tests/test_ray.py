@@ -105,6 +105,64 @@ def test_tpe_on_a_ray_the_user_started_is_left_running():
     assert ray_leftovers() == []
 
 
+def make_sleeper():
+    """An objective that sleeps (nested, so Ray pickles it by value): its trials can run side by side."""
+    def sleeper(config, budget):
+        time.sleep(1.0)
+        return {"score": config["x"]}
+    return sleeper
+
+
+def overlaps(result) -> int:
+    """Pairs of trials whose spans inside the trainable overlapped."""
+    spans = sorted((t.info["started"], t.info["ended"]) for t in result.trials)
+    return sum(b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:])
+
+
+@pytest.mark.xdist_group("ray")
+def test_concurrent_limits_the_trials_running_at_once_on_one_ray():
+    """Tune ignores max_concurrent_trials for a search generator passed in: concurrent=1 must still mean one
+    (ray_throughput's 1-at-a-time rate was measured with 2 running)."""
+    space, sleeper = {"x": S.float_range(0.0, 1.0)}, make_sleeper()
+    with S.LocalRay(2):
+        one = S.ray_search(sleeper, space, n_trials=4, max_budget=1, scheduler="fifo", concurrent=1)
+        two = S.ray_search(sleeper, space, n_trials=6, max_budget=1, scheduler="fifo", concurrent=2)
+        rates = S.ray_throughput(sleeper, space, n_trials=2, budget=1, concurrents=(1, 2))
+    assert overlaps(one) == 0
+    assert overlaps(two) >= 1                    # a second worker started within the first one's 6 s
+    assert set(rates) == {1, 2}
+    for r in rates.values():
+        assert r["window"] > 0 and r["wall"] > 0 and r["trial_seconds"] >= 2.0 and 0 < r["busy"] <= 1, rates
+    assert ray_leftovers() == []
+
+
+def make_counter(path):
+    """An objective that notes each call in a file (Ray runs it in other processes)."""
+    def objective(config, budget):
+        with open(path, "a") as f:
+            f.write(f"{budget}\n")
+        return {"score": config["x"] + 0.01 * budget}
+    return objective
+
+
+@pytest.mark.xdist_group("ray")
+def test_a_named_search_resumes_without_running_again_and_other_arguments_are_refused(tmp_path):
+    calls, space = tmp_path / "calls", {"x": S.float_range(0.0, 1.0)}
+    args = dict(n_trials=4, max_budget=2, eta=2, concurrent=2, name="ray_resume")
+    with S.LocalRay(2):
+        first = S.ray_search(make_counter(calls), space, **args)
+        ran = len(calls.read_text().splitlines())
+        again = S.ray_search(make_counter(calls), space, **args)
+    assert len(calls.read_text().splitlines()) == ran >= 4                 # nothing ran a second time
+    assert not any(t.resumed for t in first.trials) and all(t.resumed for t in again.trials)
+    assert sorted(t.key for t in again.trials) == sorted(t.key for t in first.trials)
+    assert again.best_value == first.best_value
+    assert len((S.search_path("ray_resume") / "trials.jsonl").read_text().splitlines()) == 4
+    with pytest.raises(ValueError, match=r"'ray_resume' was started with other arguments .*n_trials: 4 then, 5 now"):
+        S.ray_search(make_counter(calls), space, **args | {"n_trials": 5})
+    assert ray_leftovers() == []
+
+
 GOOD = {"n_trials": 4, "max_budget": 4}
 BAD = [
     ({"searcher": "bayes"}, "searcher"), ({"scheduler": "hyperband"}, "scheduler"), ({"n_trials": 0}, "n_trials"),

@@ -125,6 +125,8 @@ def param_importances(result: SearchResult, space: dict, *, evaluator: str = "pe
 _COUNTED = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")    # WAITING: a retry, queued
 _MAX_TAKEN = 1000       # trials of one worker that others may fail (heartbeat) before it gives up
 _PRUNERS = ("median", "successive_halving", "hyperband", "none")
+QUOTAS = ("study", "mine")   # what optuna_search's n_trials counts: the study's trials, or this worker's tags
+_MISSING = object()
 _OWN_ATTRS = ("config", "compute", "budget", "metrics", "seconds", "over_quota", "number", "retry_of")
 
 
@@ -159,7 +161,7 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
                   maximize: bool = True, objectives: Sequence[tuple[str, bool]] | None = None,
                   pruner: str = "none", eta: int = 3, min_budget: int = 1,
                   storage=None, study_name: str | None = None, user_attrs: dict | None = None,
-                  name: str | None = None, path=None, verbose: bool = False) -> SearchResult:
+                  quota: str = "study", name: str | None = None, path=None, verbose: bool = False) -> SearchResult:
     """Optuna drives the search; mokit supplies the space, the objective and the trial log.
 
     sampler: 'tpe' | 'nsga2' (several objectives) | 'random'. objectives=[(metric, maximize), ...]
@@ -172,7 +174,9 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
     its retry does); a worker whose quota is full waits while trials of others run, to retry theirs
     if they die. A study_name that exists with other directions is a ValueError before any trial.
     user_attrs (JSON values) are set on each trial of this worker, e.g. {"student": "Ada"} in a class's
-    shared study (mokit.classroom); study_result keeps them in each Trial's info.
+    shared study (mokit.classroom); study_result keeps them in each Trial's info. quota 'study': n_trials
+    counts every trial of the study; 'mine': only those carrying these user_attrs (each student adds
+    n_trials of their own, and a rerun adds none once they are done).
     """
     import optuna
 
@@ -198,6 +202,11 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
     if seed is not None:
         validate.integer("seed", seed, what="or None")
     tags = _check_user_attrs(user_attrs)
+    validate.choice("quota", quota, QUOTAS)
+    if quota == "mine" and not tags:
+        raise ValueError("quota='mine' counts the trials carrying this worker's user_attrs: give user_attrs, "
+                         "e.g. {'student': 'Ada'}")
+    mine = tags if quota == "mine" else {}
     metric, maximize = objectives[0]
     run = Runner(objective, metric=metric, maximize=maximize, name=name, path=path, verbose=verbose)
     validate_space(space)
@@ -216,7 +225,8 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
         trials = study.get_trials(deepcopy=False)
         retried = retried_numbers(trials)
         return sum(1 for t in trials if t.state in counted and t.number not in retried
-                   and not t.user_attrs.get("over_quota") and (number is None or t.number < number))
+                   and not t.user_attrs.get("over_quota") and (number is None or t.number < number)
+                   and all(t.user_attrs.get(k, _MISSING) == v for k, v in mine.items()))
 
     current: list[int] = []                        # the number of this worker's latest trial
 

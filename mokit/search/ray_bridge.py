@@ -43,7 +43,7 @@ from .optuna_bridge import suggest
 from .runner import Runner, SearchResult, check_runner, format_config
 from .space import is_active, validate_space
 from .strategies import rungs as make_rungs
-from .trials import Trial, TrialLog, search_path, trial_key
+from .trials import Trial, TrialLog, check_same_search, search_path, trial_key
 
 SEARCHERS = ("random", "tpe")
 SCHEDULERS = ("asha", "fifo")
@@ -238,7 +238,9 @@ def ray_search(objective: Callable, space: dict, *, n_trials: int, max_budget: i
     `scheduler` 'asha' trains each at the rungs min_budget, *eta, ... max_budget and stops poor ones early,
     'fifo' trains each at max_budget. address: None (a Ray of this process's own), 'auto' or 'host:port'.
     name: the trials also go to <runs>/searches/<name>/trials.jsonl and Ray's files under it (else a temp dir,
-    removed after; storage_path overrides). Returns a SearchResult (info['compute']: epochs a trial spent).
+    removed after; storage_path overrides); a rerun with the same name and arguments resumes Ray's saved
+    experiment (finished trials come back as they were, resumed=True; trials cut off are run again), with
+    other arguments it is a ValueError. Returns a SearchResult (info['compute']: epochs a trial spent).
     """
     check_runner(objective, metric, maximize, name, None, verbose)
     if metric in RESERVED:
@@ -263,8 +265,14 @@ def ray_search(objective: Callable, space: dict, *, n_trials: int, max_budget: i
 
     labels, mode = _labels(space), "max" if maximize else "min"
     folder = search_path(name) if name else None
+    if folder is not None:
+        check_same_search(folder, {"engine": "ray", "space": repr(space), "n_trials": n_trials, "seed": seed,
+                                   "rungs": rungs, "searcher": searcher, "scheduler": scheduler, "metric": metric,
+                                   "maximize": maximize, "eta": eta})
     temp = _temp()      # a local Ray's session files, and results unless named
     store = Path(storage_path or (folder / "ray" if folder else Path(temp, "results"))).expanduser().resolve()
+    experiment = store / (name or "mokit_ray")
+    resume = folder is not None and tune.Tuner.can_restore(str(experiment))
     started = False
     try:
         started = _connect(address, concurrent * cpus_per_trial, verbose, temp)
@@ -281,16 +289,21 @@ def ray_search(objective: Callable, space: dict, *, n_trials: int, max_budget: i
             param_space = {}
         else:
             from ray.tune.search.basic_variant import BasicVariantGenerator
-            search_alg, param_space = BasicVariantGenerator(random_state=seed), _ray_space(space, labels)
+            # Tune ignores max_concurrent_trials for a generator passed in (it only warns): the generator limits itself
+            search_alg = BasicVariantGenerator(random_state=seed, max_concurrent=concurrent)
+            param_space = _ray_space(space, labels)
         sched = (ASHAScheduler(time_attr="budget", grace_period=min_budget, reduction_factor=eta, max_t=max_budget)
                  if scheduler == "asha" else FIFOScheduler())
         trainable = tune.with_resources(
             tune.with_parameters(_trainable(space, labels, rungs, metric, maximize, cpus_per_trial),
                                  objective=objective), {"cpu": cpus_per_trial})
-        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(
-            metric=metric, mode=mode, search_alg=search_alg, scheduler=sched, num_samples=n_trials,
-            max_concurrent_trials=concurrent, reuse_actors=True),
-            run_config=tune.RunConfig(name=name or "mokit_ray", storage_path=str(store), verbose=2 if verbose else 0))
+        if resume:               # Ray's saved searcher and trials; a trial whose process died is run again
+            tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, restart_errored=True)
+        else:
+            tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(
+                metric=metric, mode=mode, search_alg=search_alg, scheduler=sched, num_samples=n_trials,
+                max_concurrent_trials=concurrent, reuse_actors=True), run_config=tune.RunConfig(
+                name=experiment.name, storage_path=str(store), verbose=2 if verbose else 0))
         results = tuner.fit()
         trials = [_trial(results[i], i, space, labels, max_budget) for i in range(len(results))]
     finally:
@@ -300,10 +313,13 @@ def ray_search(objective: Callable, space: dict, *, n_trials: int, max_budget: i
     for t in trials:
         if t.status == "failed":
             print(f"  trial failed ({t.error}); config {format_config(t.config)}")
-    if folder is not None:
+    if folder is not None:                         # each trial once, however often the search was resumed
         log = TrialLog(folder / "trials.jsonl")
+        logged = log.load()
         for t in trials:
-            log.append(t)
+            t.resumed = t.key in logged
+            if not t.resumed:
+                log.append(t)
     return SearchResult(f"ray_{searcher}_{scheduler}", trials, metric, maximize)
 
 
@@ -311,8 +327,11 @@ def ray_throughput(objective: Callable, space: dict, *, n_trials: int = 8, budge
                    concurrents: tuple = (1, 2), seed: int = 0, metric: str = "score") -> dict[int, dict[str, float]]:
     """Trials per minute of ray_search (random searcher, FIFO, one CPU and torch thread per trial) at each
     level of concurrency, all in one Ray started once: {concurrent: {"window": n_trials per minute from the
-    first trial's start to the last one's end, "wall": per minute of the whole ray_search call}}. "wall"
-    counts Ray Tune's start of each search and of its workers (seconds each): give trials of seconds or more."""
+    first trial's start to the last one's end, "wall": per minute of the whole ray_search call, "trial_seconds":
+    the seconds the trials took, summed, "busy": trial_seconds / (concurrent x window)}}. "wall" counts Ray
+    Tune's start of each search and of its workers (seconds each): give trials of seconds or more. A speedup
+    short of `concurrent` is the product of trials slowed by running side by side (trial_seconds grows) and
+    workers left waiting (busy < 1: the last long trial, Ray's own turns between trials)."""
     check_runner(objective, metric, True, None, None, False)
     validate_space(space)
     check_count("n_trials", n_trials)
@@ -332,5 +351,7 @@ def ray_throughput(objective: Callable, space: dict, *, n_trials: int = 8, budge
                                    f"{next(t.error for t in result.trials if t.status == 'failed')}")
             ts = [t.info for t in result.trials if "started" in t.info]
             window = max(i["ended"] for i in ts) - min(i["started"] for i in ts) if ts else math.nan
-            out[c] = {"window": 60 * n_trials / window, "wall": 60 * n_trials / wall}
+            work = sum(t.seconds for t in result.trials)
+            out[c] = {"window": 60 * n_trials / window, "wall": 60 * n_trials / wall, "trial_seconds": work,
+                      "busy": work / (c * window)}
     return out

@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..files import plain, runs_root
+from ..files import atomic_write_bytes, plain, runs_root
 
 try:
     import fcntl
@@ -180,3 +180,18 @@ def search_path(name: str) -> Path:
     check_search_name(name)
     return runs_root() / "searches" / name
 
+
+
+def check_same_search(folder: Path, args: dict) -> None:
+    """A named search resumes only with the arguments it started with: the first call writes them to
+    <folder>/search.json, a later one with others is a ValueError naming what changed (use another name)."""
+    path = folder / "search.json"
+    args = jsonable(args)
+    if path.exists():
+        before = json.loads(path.read_text())
+        if changed := sorted(k for k in set(before) | set(args) if before.get(k) != args.get(k)):
+            diff = "; ".join(f"{k}: {before.get(k)!r} then, {args.get(k)!r} now" for k in changed)
+            raise ValueError(f"search {folder.name!r} was started with other arguments ({diff}): resume it with "
+                             f"those, or give it another name to start anew")
+    else:
+        atomic_write_bytes(path, json.dumps(args, sort_keys=True).encode())
