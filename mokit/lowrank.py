@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from torch import nn
 from . import validate
 from .prune import prunable_layers
 
-__all__ = ["factorize", "factorizable", "max_rank", "rank_for_energy", "rank_for_params", "singular_values",
+__all__ = ["factorizable", "factorize", "max_rank", "rank_for_energy", "rank_for_params", "singular_values",
            "split_conv", "svd_linear"]
 
 
@@ -107,14 +108,13 @@ def split_conv(layer: nn.Conv2d, rank: int) -> nn.Sequential:
     o, i, kh, kw = layer.weight.shape
     u, s, vh = torch.linalg.svd(_matrix(layer), full_matrices=False)      # rows (i, kh), columns (o, kw)
     root = s[:rank].sqrt()
-    (sh, sw), (ph, pw) = layer.stride, layer.padding
-    vertical = nn.Conv2d(i, rank, (kh, 1), stride=(sh, 1), padding=(ph, 0), bias=False)   # type: ignore[arg-type]
-    horizontal = nn.Conv2d(rank, o, (1, kw), stride=(1, sw), padding=(0, pw),              # type: ignore[arg-type]
-                           bias=layer.bias is not None)
+    (sh, sw), (ph, pw) = layer.stride, cast("tuple[int, int]", layer.padding)     # _check_layer: numeric
+    vertical = nn.Conv2d(i, rank, (kh, 1), stride=(sh, 1), padding=(ph, 0), bias=False)
+    horizontal = nn.Conv2d(rank, o, (1, kw), stride=(1, sw), padding=(0, pw), bias=layer.bias is not None)
     with torch.no_grad():
         vertical.weight.copy_((u[:, :rank] * root).reshape(i, kh, rank).permute(2, 0, 1)[..., None])
         horizontal.weight.copy_((root[:, None] * vh[:rank]).reshape(rank, o, kw).permute(1, 0, 2)[:, :, None, :])
-        if layer.bias is not None:
+        if layer.bias is not None and horizontal.bias is not None:
             horizontal.bias.copy_(layer.bias)
     return nn.Sequential(vertical, horizontal).to(layer.weight.device, layer.weight.dtype)
 
@@ -135,7 +135,7 @@ def factorize(model: nn.Module, ranks: Mapping[str, int] | None = None, *, energ
     given = [k for k, v in (("ranks", ranks), ("energy", energy), ("params", params)) if v is not None]
     if len(given) != 1:
         raise ValueError(f"give exactly one of ranks, energy or params, got {given or 'none'}")
-    layers = factorizable(model)
+    layers, plan = factorizable(model), {}
     if ranks is not None:
         if not isinstance(ranks, Mapping) or not ranks:
             raise ValueError(f"ranks must be a non-empty dict {{layer name: rank}}, got {ranks!r}")
@@ -144,7 +144,7 @@ def factorize(model: nn.Module, ranks: Mapping[str, int] | None = None, *, energ
         plan = {k: _check_rank(layers[k], r, k) for k, r in ranks.items()}
     elif energy is not None:
         plan = {k: rank_for_energy(m, energy) for k, m in layers.items()}
-    else:
+    elif params is not None:
         plan = {k: rank_for_params(m, params) for k, m in layers.items()}
     new = copy.deepcopy(model)
     for name, rank in plan.items():

@@ -20,6 +20,7 @@ LAYERS = [
     ["train"],
     ["zoo", "metrics"],
     ["prune", "quantize", "distill", "ensemble"],
+    ["lowrank"],                      # factorises the layers prune.prunable_layers finds
     ["search"],
     ["nas", "bench"],
     ["procs", "runtime"],
