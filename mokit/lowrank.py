@@ -127,14 +127,40 @@ def factorizable(model: nn.Module) -> dict[str, nn.Linear | nn.Conv2d]:
         m.groups == 1 and m.dilation == (1, 1) and isinstance(m.padding, tuple) and m.kernel_size != (1, 1)))}
 
 
+def _budget_plan(model: nn.Module, layers: dict, ratio: float) -> tuple[dict[str, int], int]:
+    """The ranks of rank_for_params(ratio) for the layers that shrink at them, and the model's parameters then."""
+    plan = {k: rank_for_params(m, ratio) for k, m in layers.items()}
+    plan = {k: r for k, r in plan.items() if _factor_params(layers[k], r) < layers[k].weight.numel()}
+    total = sum(p.numel() for p in model.parameters())
+    return plan, total + sum(_factor_params(layers[k], r) - layers[k].weight.numel() for k, r in plan.items())
+
+
+def _plan_for_total(model: nn.Module, layers: dict, total) -> dict[str, int]:
+    """The ranks of the largest shared ratio whose factorised model has at most `total` parameters."""
+    total = validate.integer("total", total, low=1, what="parameters of the factorised model")
+    lo, hi = 1e-9, 1.0                   # the parameter count only grows with the ratio: bisect on it
+    plan, fewest = _budget_plan(model, layers, lo)
+    if fewest > total:
+        raise ValueError(f"total={total} parameters is out of reach: at rank 1 everywhere the model keeps {fewest}")
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if _budget_plan(model, layers, mid)[1] <= total:
+            lo = mid
+        else:
+            hi = mid
+    return _budget_plan(model, layers, lo)[0]
+
+
 def factorize(model: nn.Module, ranks: Mapping[str, int] | None = None, *, energy: float | None = None,
-              params: float | None = None) -> nn.Module:
+              params: float | None = None, total: int | None = None) -> nn.Module:
     """A copy of `model` with layers factorised: ranks {name: rank}, or one rule for every factorizable layer,
-    energy (the share of sum(sigma^2) kept) or params (the share of each layer's weights kept). Only layers
-    that come out smaller are replaced; the others stay as they were."""
-    given = [k for k, v in (("ranks", ranks), ("energy", energy), ("params", params)) if v is not None]
+    energy (the share of sum(sigma^2) kept), params (the share of each layer's weights kept) or total (the
+    most parameters the whole model may keep: one share for every layer, the largest that fits, e.g. the
+    count of a pruned model to compare with). Under a rule, only layers that come out smaller are replaced."""
+    given = [k for k, v in (("ranks", ranks), ("energy", energy), ("params", params), ("total", total))
+             if v is not None]
     if len(given) != 1:
-        raise ValueError(f"give exactly one of ranks, energy or params, got {given or 'none'}")
+        raise ValueError(f"give exactly one of ranks, energy, params or total, got {given or 'none'}")
     layers, plan = factorizable(model), {}
     if ranks is not None:
         if not isinstance(ranks, Mapping) or not ranks:
@@ -146,6 +172,8 @@ def factorize(model: nn.Module, ranks: Mapping[str, int] | None = None, *, energ
         plan = {k: rank_for_energy(m, energy) for k, m in layers.items()}
     elif params is not None:
         plan = {k: rank_for_params(m, params) for k, m in layers.items()}
+    else:
+        plan = _plan_for_total(model, layers, total)
     new = copy.deepcopy(model)
     for name, rank in plan.items():
         layer = layers[name]

@@ -80,6 +80,16 @@ def test_factorize_shrinks_a_copy_and_leaves_the_model_and_its_last_layer_alone(
     assert picked[7][0].weight.grad is not None
 
 
+def test_a_total_gives_the_most_parameters_that_fit():
+    model = create_model("lenet5")
+    for target in (30_000, 100_000, 250_000):
+        small = L.factorize(model, total=target)
+        n = count_params(small)
+        assert 0.9 * target <= n <= target, (target, n)
+    with pytest.raises(ValueError, match="total=100 parameters is out of reach"):
+        L.factorize(model, total=100)
+
+
 def test_a_rule_skips_layers_that_would_not_shrink():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     same = L.factorize(model, energy=1.0)                                    # rank 4: 32 > 16 weights
@@ -93,6 +103,7 @@ def test_a_rule_skips_layers_that_would_not_shrink():
     (lambda m: L.factorize(m, {"9": 2}), r"no factorizable layer named \['9'\]"),
     (lambda m: L.factorize(m, {}), "ranks"),
     (lambda m: L.factorize(m), "exactly one of"),
+    (lambda m: L.factorize(m, total=0), "total"), (lambda m: L.factorize(m, total=1e5), "total"),
     (lambda m: L.factorize(m, energy=0.5, params=0.5), "exactly one of"),
     (lambda m: L.factorize(m, energy=math.nan), "energy"),
     (lambda m: L.factorize(m, energy=0.0), "energy"),
