@@ -139,7 +139,7 @@ def _plan_for_total(model: nn.Module, layers: dict, total) -> dict[str, int]:
     """The ranks of the largest shared ratio whose factorised model has at most `total` parameters."""
     total = validate.integer("total", total, low=1, what="parameters of the factorised model")
     lo, hi = 1e-9, 1.0                   # the parameter count only grows with the ratio: bisect on it
-    plan, fewest = _budget_plan(model, layers, lo)
+    fewest = _budget_plan(model, layers, lo)[1]
     if fewest > total:
         raise ValueError(f"total={total} parameters is out of reach: at rank 1 everywhere the model keeps {fewest}")
     for _ in range(40):

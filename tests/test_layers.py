@@ -20,7 +20,7 @@ LAYERS = [
     ["train"],
     ["zoo", "metrics"],
     ["prune", "quantize", "distill", "ensemble"],
-    ["lowrank"],                      # factorises the layers prune.prunable_layers finds
+    ["lowrank", "latency"],           # factorises prune.prunable_layers; a per-layer latency table
     ["search"],
     ["nas", "bench"],
     ["procs", "runtime"],
