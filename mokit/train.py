@@ -11,11 +11,13 @@ Behaviour is passed in as callables: `loss_fn(output, y, x) -> loss` and
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import inspect
 import json
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import asdict, dataclass, field
@@ -385,7 +387,7 @@ def train(model: nn.Module, data: DataOrBatches, *, epochs: int = 5,
           on_step: Callable | None = None,
           val_data: TensorData | None = None, augment: bool | str = False, lookahead: bool = False,
           freeze: dict[str, float] | None = None, precision: str = "fp32", channels_last: bool | None = None,
-          seed: int = 0,
+          compile: bool = False, seed: int = 0,
           device: str | torch.device | None = None, progress: bool = True) -> History:
     """Train `model` in place on `data` and return its History.
 
@@ -402,6 +404,9 @@ def train(model: nn.Module, data: DataOrBatches, *, epochs: int = 5,
     does not take is refused, naming what it takes (OPTIMIZERS[name][0].takes).
     precision: 'fp32' | 'bf16' | 'fp16' | 'auto' (autocast; fp16 with a GradScaler, GPU only).
     channels_last: None = NHWC for conv nets on CPU / CUDA (measured faster), True / False to force.
+    compile: run the forward pass (and so its backward) through torch.compile: the first steps compile
+    (seconds; again for a new batch shape, e.g. a short last batch), later ones may run faster. Needs
+    a C++ compiler on the CPU and Triton on CUDA (checked before any work).
     label_smoothing: the default loss's target smoothing ε (targets (1-ε)·onehot + ε/K).
     lookahead: average the weights as training goes (Lookahead above).
     freeze: {parameter name: fraction}: stop training that parameter after that fraction of the steps.
@@ -447,6 +452,7 @@ def train(model: nn.Module, data: DataOrBatches, *, epochs: int = 5,
     progress = a["progress"]
 
     # 3. the loop
+    forward = torch.compile(model) if a["compile"] else model     # shares the model's parameters
     history, step = History(), 0
     bar = _progress_bar(total, progress)
     for epoch in range(epochs):
@@ -459,7 +465,7 @@ def train(model: nn.Module, data: DataOrBatches, *, epochs: int = 5,
         for xb, yb in batches:
             xb, yb = _layout(xb.to(dev, non_blocking=True), channels_last), yb.to(dev, non_blocking=True)
             with autocast(precision, dev):
-                out = model(xb)
+                out = forward(xb)
             loss = loss_fn(out.float(), yb, xb)
             opt.zero_grad(set_to_none=True)
             if scaler is None:
@@ -585,15 +591,34 @@ def check_train_args(model: nn.Module, data, **train_kw) -> dict:
     a["lookahead"] = validate.flag("lookahead", a["lookahead"])
     a["freeze"] = check_freeze(model, a["freeze"])
     a["channels_last"] = validate.flag("channels_last", a["channels_last"], none_ok=True)
+    a["compile"] = validate.flag("compile", a["compile"])
     a["progress"] = validate.flag("progress", a["progress"])
     a["seed"] = check_seed(a["seed"])
     a["device"] = pick_device(a["device"])
     a["precision"] = resolve_precision(a["precision"], a["device"])
+    if a["compile"]:
+        check_compile(a["device"])
     _check_batches(model, data)
     if a["val_data"] is not None:
         check_data(a["val_data"], "val_data")
         check_input_shape(model, a["val_data"])
     return a
+
+
+def check_compile(device: torch.device) -> None:
+    """torch.compile's default backend (inductor) can build kernels for `device`, else ValueError: it writes
+    C++ on the CPU (a compiler must be on PATH; $CXX is used when set) and Triton kernels on CUDA."""
+    if device.type == "cpu":
+        found = [c for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c and shutil.which(c)]
+        if not found:
+            raise ValueError("compile=True on the CPU needs a C++ compiler (g++, c++ or clang++ on PATH, or $CXX) "
+                             "for torch.compile's inductor backend, and none was found: install one, or compile=False")
+    elif device.type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            raise ValueError("compile=True on CUDA needs Triton (pip install triton), which is not installed; "
+                             "or compile=False")
+    else:
+        raise ValueError(f"compile=True works on the CPU and on CUDA, not on device {str(device)!r}; use compile=False")
 
 
 def _check_optimizer(a: dict) -> None:

@@ -302,3 +302,27 @@ def test_adamw_weight_decay_is_its_registry_entrys_default():
     assert all(m.weight_decay == 0 for n, (m, _) in T.OPTIMIZERS.items() if n != "adamw")
     assert make(_fresh().parameters(), lr=1e-3).param_groups[0]["weight_decay"] == 0.01
     assert make(_fresh().parameters(), lr=1e-3, weight_decay=0).param_groups[0]["weight_decay"] == 0
+
+
+def test_compile_without_a_cpp_compiler_is_refused_before_work(tr, monkeypatch):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(T.shutil, "which", lambda name: None)
+    model = _fresh()
+    err = refused_before_work(lambda: T.train(model, tr, epochs=1, compile=True, device="cpu", progress=False),
+                              model, "needs a C[+][+] compiler")
+    assert "compile=False" in str(err)
+
+
+def test_compile_on_a_device_inductor_cannot_build_for_is_refused():
+    with pytest.raises(ValueError, match="not on device 'meta'"):
+        T.check_compile(torch.device("meta"))
+
+
+def test_compiled_training_takes_the_same_steps(tr):
+    """torch.compile changes how the forward runs, not what it computes: the same seed, the same weights."""
+    plain, compiled = _fresh(), _fresh()
+    h1 = T.train(plain, tr, epochs=1, batch_size=64, device="cpu", progress=False)
+    h2 = T.train(compiled, tr, epochs=1, batch_size=64, device="cpu", progress=False, compile=True)
+    assert h2.steps == pytest.approx(h1.steps, rel=1e-4, abs=1e-5)
+    for a, b in zip(plain.parameters(), compiled.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
