@@ -605,6 +605,24 @@ def nm_mask(fn: Callable) -> CheckResult:
         "return torch.zeros_like(g).scatter_(-1, keep, 1.0).reshape(w.shape)"))
 
 
+
+def subnet_weight(fn: Callable) -> CheckResult:
+    """fn(weight, width, c_in, k) -> the subnet's conv weight shared from the supernet's (out, in, K, K):
+    the first `width` filters, their first `c_in` input channels, the centre k x k; compared with
+    mokit.supernet.center_crop of the slice."""
+    from .supernet import center_crop
+    w = torch.arange(4 * 3 * 25, dtype=torch.float32).reshape(4, 3, 5, 5)
+    big = _randn(8, 6, 7, 7, seed=31)
+    cases = [Case("the whole weight: width 4, 3 inputs, 5 x 5", (w, 4, 3, 5), w),
+             Case("width 2, 1 input, the centre 3 x 3", (w, 2, 1, 3), w[:2, :1, 1:4, 1:4]),
+             Case("a 1 x 1 kernel is the centre pixel", (w, 3, 2, 1), w[:3, :2, 2:3, 2:3]),
+             Case("an (8, 6, 7, 7) weight, width 5, 4 inputs, 3 x 3", (big, 5, 4, 3), center_crop(big[:5, :4], 3))]
+    return run_checks("subnet_weight", fn, cases, Hints(
+        "a subnet keeps the first filters, the first input channels and the middle of each kernel",
+        "slice the first two dimensions with [:width, :c_in]; the k x k centre of a K x K kernel starts at "
+        "(K - k) // 2 in both spatial dimensions",
+        "lo = (weight.shape[-1] - k) // 2; return weight[:width, :c_in, lo:lo + k, lo:lo + k]"))
+
 # ---------------------------------------------------------------------------------------------
 # 00 setup: a latency measurement done right
 # ---------------------------------------------------------------------------------------------

@@ -99,6 +99,23 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[int(q * (len(ordered) - 1))] if ordered else float("nan")
 
 
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b rank correlation: sum over pairs of sign(dx) * sign(dy), over
+    sqrt(#pairs untied in x * #pairs untied in y); 1: the same order, 0: unrelated, -1: reversed.
+
+    >>> kendall_tau([1, 2, 3, 4], [1, 3, 2, 4])          # one of six pairs swapped: (5 - 1) / 6
+    0.6666666666666666
+    """
+    xs = [validate.number("x entry", v) for v in x]
+    ys = [validate.number("y entry", v) for v in y]
+    if len(xs) != len(ys) or len(xs) < 2:
+        raise ValueError(f"kendall_tau needs two sequences of the same length >= 2, got {len(xs)} and {len(ys)}")
+    signs = [((a1 > a2) - (a1 < a2), (b1 > b2) - (b1 < b2))
+             for i, (a1, b1) in enumerate(zip(xs, ys)) for a2, b2 in zip(xs[i + 1:], ys[i + 1:])]
+    untied = sum(abs(sx) for sx, _ in signs) * sum(abs(sy) for _, sy in signs)
+    return sum(sx * sy for sx, sy in signs) / untied ** 0.5 if untied else float("nan")
+
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int) -> torch.Tensor:
     """C[i, j] = number of examples of true class i predicted as class j; shape (K, K).
 

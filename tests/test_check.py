@@ -239,6 +239,9 @@ RIGHT_AND_WRONG = {
     "nm_mask": (lambda w, n, m: torch.zeros_like(g := w.reshape(w.shape[0], -1, m).abs()).scatter_(
         -1, g.topk(n, dim=-1).indices, 1.0).reshape(w.shape),
                 lambda w, n, m: (w.abs() > w.abs().median()).float()),               # half, but not per group
+    "subnet_weight": (lambda w, n, c, k: w[:n, :c, (w.shape[-1] - k) // 2:(w.shape[-1] + k) // 2,
+                                            (w.shape[-1] - k) // 2:(w.shape[-1] + k) // 2],
+                      lambda w, n, c, k: w[:n, :c, :k, :k]),                  # the corner, not the centre
     "percentile": (lambda v, q: sorted(v)[int(q * (len(v) - 1))],
                    lambda v, q: sorted(v)[int(q * len(v)) - 1]),         # an off-by-one position
 }

@@ -22,7 +22,7 @@ LAYERS = [
     ["prune", "quantize", "distill", "ensemble"],
     ["lowrank", "latency"],           # factorises prune.prunable_layers; a per-layer latency table
     ["search"],
-    ["nas", "bench"],
+    ["nas", "bench", "supernet"],      # supernet: one-shot NAS over a mokit.search space
     ["procs", "runtime"],
     ["parallel", "export"],
     ["serve"],

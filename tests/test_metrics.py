@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from conftest import within
@@ -176,3 +178,24 @@ def test_a_shape_the_model_cannot_take_names_in_shape():
     with pytest.raises(ValueError, match="the model does not run on in_shape \\(1, 8\\)"):
         metrics.measure_latency(model, (1, 8))
     assert model.training
+
+
+def test_kendall_tau_against_a_brute_force_count_and_its_edges():
+    import itertools
+    import random
+    rng = random.Random(0)
+    for _ in range(20):
+        n = rng.randrange(2, 9)
+        x, y = [rng.randrange(4) for _ in range(n)], [rng.randrange(4) for _ in range(n)]
+        pairs = list(itertools.combinations(range(n), 2))
+
+        def sign(v, i, j):
+            return (v[i] > v[j]) - (v[i] < v[j])
+        num = sum(sign(x, i, j) * sign(y, i, j) for i, j in pairs)
+        den = (sum(sign(x, i, j) != 0 for i, j in pairs) * sum(sign(y, i, j) != 0 for i, j in pairs)) ** 0.5
+        got = metrics.kendall_tau(x, y)
+        assert (math.isnan(got) and den == 0) or got == pytest.approx(num / den)
+    assert metrics.kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    for bad in ([1.0], [1, float("nan")]):
+        with pytest.raises(ValueError):
+            metrics.kendall_tau(bad, [1, 2])
