@@ -149,8 +149,8 @@ def compute_gradients(model: nn.Module, data: TensorData, *, batches: int = 10,
 def magnitude_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """0/1 mask zeroing the k = round(sparsity * n) smallest scores (ties as torch.nn.utils.prune)."""
     k = round(check_sparsity(sparsity) * scores.numel())
-    mask = torch.ones_like(scores, dtype=torch.float32)
-    if k:
+    mask = torch.ones(scores.shape, dtype=torch.float32, device=scores.device)   # contiguous, whatever the
+    if k:                                                                        # scores' layout (channels_last)
         mask.view(-1)[torch.topk(scores.flatten(), k, largest=False).indices] = 0
     return mask
 

@@ -443,3 +443,11 @@ def test_prune_nm_masks_every_group_and_the_pattern_survives_training():
 def test_nm_bad_input_is_a_clear_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_magnitude_mask_of_channels_last_scores_is_the_contiguous_one():
+    """A conv weight moved to channels_last (as train() does on CPU) gives the same mask, not an error."""
+    w = torch.randn(8, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    expected = P.magnitude_mask(w.abs(), 0.6)
+    got = P.magnitude_mask(w.abs().to(memory_format=torch.channels_last), 0.6)
+    assert torch.equal(got, expected) and got.sum() == round(0.4 * w.numel())
