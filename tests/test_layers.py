@@ -20,7 +20,8 @@ LAYERS = [
     ["train"],
     ["zoo", "metrics"],
     ["prune", "quantize", "distill", "ensemble"],
-    ["lowrank", "latency"],           # factorises prune.prunable_layers; a per-layer latency table
+    ["lowrank", "latency", "llm_compress"],   # factorises prune.prunable_layers; a per-layer latency table;
+                                              # GPTQ, AWQ, SmoothQuant, SparseGPT on one weight at a time
     ["search"],
     ["nas", "bench", "supernet"],      # supernet: one-shot NAS over a mokit.search space
     ["procs", "runtime"],
