@@ -21,9 +21,9 @@ import torch
 
 from . import validate
 
-__all__ = ["GroupQuant", "SparseResult", "activation_fake_quant", "awq_scales", "gptq", "groupwise_quantize",
-           "hessian", "int8_outlier_matmul", "pack_int4", "rtn", "smoothquant_scales", "sparsegpt",
-           "unpack_int4", "wanda_scores"]
+__all__ = ["GroupQuant", "SparseResult", "activation_fake_quant", "awq_scales", "compress_linears", "gptq",
+           "groupwise_quantize", "hessian", "int8_outlier_matmul", "linear_inputs", "pack_int4", "rtn",
+           "smoothquant_scales", "sparsegpt", "unpack_int4", "wanda_scores"]
 
 ACTIVATION_MODES = ("per_tensor", "per_token")
 
@@ -370,3 +370,66 @@ def unpack_int4(packed: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> to
     if count != 2 * len(packed):
         raise ValueError(f"shape {tuple(shape)} holds {count} codes, the packed bytes hold {2 * len(packed)}")
     return torch.stack([packed & 0xF, packed >> 4], dim=1).flatten().reshape(tuple(shape))
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. A model, one Linear at a time
+# ---------------------------------------------------------------------------------------------
+
+def linear_inputs(model: torch.nn.Module, x: torch.Tensor, *, skip: tuple[str, ...] = ("head",),
+                  max_rows: int = 8192, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """The inputs each nn.Linear of `model` (but those named in `skip`) sees on the calibration batch x,
+    flattened to (rows, in_features) (a Transformer's tokens are rows), at most max_rows of them, evenly spaced."""
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in skip}
+    if not linears:
+        raise ValueError("the model has no nn.Linear layer to compress (besides the skipped ones)")
+    if not torch.is_tensor(x) or len(x) == 0 or not torch.isfinite(x).all():
+        raise ValueError("calibration inputs x must be a non-empty finite tensor (a batch of model inputs)")
+    max_rows = validate.integer("max_rows", max_rows, low=1)
+    batch_size = validate.integer("batch_size", batch_size, low=1)
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in linears}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: seen[n].append(
+        args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu())) for n, m in linears.items()]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                model(x[i:i + batch_size])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    out = {}
+    for n, parts in seen.items():
+        rows = torch.cat(parts)
+        keep = torch.linspace(0, len(rows) - 1, min(max_rows, len(rows))).long()
+        out[n] = rows[keep]
+    return out
+
+
+def compress_linears(model: torch.nn.Module, inputs: dict[str, torch.Tensor], transform) -> torch.nn.Module:
+    """A copy of `model` whose Linear weights named in `inputs` are replaced by transform(weight, x) (x: that
+    layer's calibration inputs), e.g. lambda w, x: gptq(w, hessian(x), 3)."""
+    import copy
+
+    if not callable(transform):
+        raise TypeError(f"transform must be a callable (weight, inputs) -> weight, got {transform!r}")
+    new = copy.deepcopy(model)
+    modules = dict(new.named_modules())
+    missing = [n for n in inputs if not isinstance(modules.get(n), torch.nn.Linear)]
+    if missing:
+        raise ValueError(f"no nn.Linear named {missing[0]!r} in the model")
+    for n, x in inputs.items():
+        lin = modules[n]
+        assert isinstance(lin, torch.nn.Linear)
+        w = lin.weight.detach()
+        out = transform(w.cpu().float(), x)
+        if not torch.is_tensor(out) or out.shape != w.shape:
+            raise ValueError(f"transform returned {getattr(out, 'shape', type(out).__name__)} for {n!r}, "
+                             f"expected a tensor of shape {tuple(w.shape)}")
+        with torch.no_grad():
+            lin.weight.copy_(out.to(w))
+    return new

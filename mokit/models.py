@@ -373,6 +373,76 @@ def cifar_net(widths: Sequence[int] = (32, 64, 128), in_shape=(3, 32, 32), num_c
     return model
 
 
+# ---------------------------------------------------------------------------------------------
+# A small vision Transformer (every projection an nn.Linear, so per-layer compression reaches it)
+# ---------------------------------------------------------------------------------------------
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one Linear for q, k, v and one for the output projection."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:          # x: (B, T, D)
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, T, d/H)
+        y = nn.functional.scaled_dot_product_attention(q, k, v)    # softmax(q k^T / sqrt(d/H)) v
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attn(LN(x)), then x + MLP(LN(x)) with a GELU MLP of mlp_ratio x width."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: int):
+        super().__init__()
+        self.ln1, self.attn = nn.LayerNorm(width), Attention(width, heads)
+        self.ln2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class ViT(nn.Module):
+    """Patches (a stride-p conv) + learned positions -> blocks -> LayerNorm -> mean over tokens -> Linear."""
+
+    def __init__(self, in_shape: tuple[int, ...], num_classes: int, width: int, depth: int, heads: int,
+                 patch: int, mlp_ratio: int):
+        super().__init__()
+        c, h, w = in_shape
+        self.patch = nn.Conv2d(c, width, patch, stride=patch)
+        self.pos = nn.Parameter(torch.randn(1, (h // patch) * (w // patch), width) * 0.02)
+        self.blocks = nn.Sequential(*(TransformerBlock(width, heads, mlp_ratio) for _ in range(depth)))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:          # x: (B, C, H, W)
+        x = self.patch(x).flatten(2).transpose(1, 2) + self.pos   # (B, T, D), T = (H / p) * (W / p)
+        return self.head(self.norm(self.blocks(x)).mean(1))      # (B, classes)
+
+
+@register_model
+def vit(width: int = 64, depth: int = 4, heads: int = 4, patch: int = 4, mlp_ratio: int = 2, in_shape=(1, 28, 28),
+        num_classes: int = 10) -> ViT:
+    """A small ViT (Dosovitskiy et al. 2021): patch 4, width 64, 4 pre-norm blocks of 4 heads, MLP x2, 139k
+    weights on MNIST; mean-pooled tokens instead of a class token."""
+    width = validate.integer("width", width, low=1, high=MAX_WIDTH)
+    depth = validate.integer("depth", depth, low=1, high=64)
+    heads = validate.integer("heads", heads, low=1, high=width)
+    if width % heads:
+        raise ValueError(f"width {width} must be a multiple of heads {heads} (each head gets width / heads features)")
+    mlp_ratio = validate.integer("mlp_ratio", mlp_ratio, low=1, high=16)
+    in_shape, num_classes = check_in_shape(in_shape), check_num_classes(num_classes)
+    patch = validate.integer("patch", patch, low=1, high=min(in_shape[1:]))
+    model = ViT(in_shape, num_classes, width, depth, heads, patch, mlp_ratio)
+    _check_params(f"vit(width={width}, depth={depth}) on {in_shape}", sum(p.numel() for p in model.parameters()))
+    return model
+
+
 @torch.no_grad()
 def whiten_init(model: nn.Sequential, images: torch.Tensor, eps: float = 5e-4) -> nn.Sequential:
     """Set the first conv (2x2) to whiten 2x2 patches of `images` (N, C, H, W), and freeze its weight.

@@ -83,6 +83,8 @@ RECIPES: dict[str, dict] = {
                "batch_size": 128},
     "cifar_cnn": {"dataset": "cifar10", "epochs": 2, "optimizer": "adam", "lr": 3e-3, "schedule": "onecycle",
                   "batch_size": 256},
+    "vit": {"dataset": "mnist", "epochs": 3, "optimizer": "adamw", "lr": 2e-3, "schedule": "warmup_cosine",
+            "batch_size": 128},
     # the fast CIFAR-10 recipe (airbench-style, sized for a 2-core CPU; benchmarks/cifar_speed.py measures it)
     "cifar_net": {"dataset": "cifar10", "init": "whiten", "epochs": 8, "optimizer": "nesterov_split",
                   "lr": 0.375, "weight_decay": 0.00204, "schedule": "triangle", "batch_size": 256,

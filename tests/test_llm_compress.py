@@ -168,3 +168,27 @@ def test_int4_packing_round_trip_and_size():
 def test_bad_input_is_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_linear_inputs_and_compress_linears_on_a_small_vit():
+    from mokit.models import create_model
+    torch.manual_seed(0)
+    vit = create_model("vit", width=16, depth=2, heads=2, in_shape=(1, 8, 8), num_classes=3)
+    x = torch.randn(5, 1, 8, 8)
+    inputs = L.linear_inputs(vit, x, max_rows=12)             # 5 images x 4 tokens = 20 rows, 12 kept
+    assert sorted(inputs) == sorted(n for n, m in vit.named_modules() if isinstance(m, torch.nn.Linear) and n != "head")
+    assert inputs["blocks.0.attn.qkv"].shape == (12, 16) and inputs["blocks.1.mlp.2"].shape == (12, 32)
+    same = L.compress_linears(vit, inputs, lambda w, xs: w)
+    torch.testing.assert_close(same(x), vit(x))
+    before = {k: v.clone() for k, v in vit.state_dict().items()}
+    small = L.compress_linears(vit, inputs, lambda w, xs: L.gptq(w, L.hessian(xs), 2))
+    assert all(torch.equal(v, vit.state_dict()[k]) for k, v in before.items())          # a copy was compressed
+    assert len(small.blocks[0].mlp[0].weight.unique()) < len(vit.blocks[0].mlp[0].weight.unique())
+    with pytest.raises(ValueError, match=r"no nn\.Linear named 'nope'"):
+        L.compress_linears(vit, {"nope": x}, lambda w, xs: w)
+    with pytest.raises(ValueError, match="expected a tensor of shape"):
+        L.compress_linears(vit, inputs, lambda w, xs: w[:1])
+    with pytest.raises(ValueError, match=r"no nn\.Linear layer"):
+        L.linear_inputs(torch.nn.Conv2d(1, 1, 3), x)
+    with pytest.raises(ValueError, match="non-empty finite"):
+        L.linear_inputs(vit, x[:0])

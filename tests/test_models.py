@@ -125,3 +125,16 @@ def test_inputs_too_small_for_the_model_are_refused_naming_the_shape(name, kw, m
 def test_bad_knobs_are_refused_before_building(name, kw, error, match):
     with pytest.raises(error, match=match):
         models.create_model(name, **kw)
+
+
+def test_vit_sizes_and_knobs():
+    vit = models.create_model("vit")
+    assert count_params(vit) == 138_890                 # the probe's 139k ViT: patch 4, width 64, 4 x 4 heads
+    linears = [m for m in vit.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 4 * 4 + 1                     # qkv, proj, fc1, fc2 per block, and the head
+    with pytest.raises(ValueError, match="width 30 must be a multiple of heads 4"):
+        models.create_model("vit", width=30)
+    with pytest.raises(ValueError, match="patch"):
+        models.create_model("vit", patch=29)
+    with pytest.raises(ValueError, match="heads"):
+        models.create_model("vit", heads=0)
