@@ -22,8 +22,8 @@ import torch
 from . import validate
 
 __all__ = ["GroupQuant", "SparseResult", "activation_fake_quant", "awq_scales", "compress_linears", "gptq",
-           "groupwise_quantize", "hessian", "int8_outlier_matmul", "linear_inputs", "pack_int4", "rtn",
-           "smoothquant_scales", "sparsegpt", "unpack_int4", "wanda_scores"]
+           "groupwise_quantize", "hessian", "int8_outlier_matmul", "linear_inputs", "load_int4", "pack_int4", "rtn",
+           "save_int4", "smoothquant_scales", "sparsegpt", "unpack_int4", "wanda_scores"]
 
 ACTIVATION_MODES = ("per_tensor", "per_token")
 
@@ -432,4 +432,48 @@ def compress_linears(model: torch.nn.Module, inputs: dict[str, torch.Tensor], tr
                              f"expected a tensor of shape {tuple(w.shape)}")
         with torch.no_grad():
             lin.weight.copy_(out.to(w))
+    return new
+
+
+def save_int4(model: torch.nn.Module, path, *, skip: tuple[str, ...] = ("head",),
+              group_size: int | None = None) -> int:
+    """Write `model` with every nn.Linear weight (but `skip`) as 4-bit RTN codes packed two per byte, plus fp16
+    scales and zero points; everything else as it is. Written atomically; returns the file's bytes."""
+    from .files import atomic_torch_save
+
+    state: dict[str, torch.Tensor] = {}
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in skip}
+    for name, tensor in model.state_dict().items():
+        layer, _, kind = name.rpartition(".")
+        if layer in linears and kind == "weight":
+            q = groupwise_quantize(tensor.float().cpu(), 4, group_size)
+            state[f"{name}.int4"] = pack_int4(q.codes)
+            state[f"{name}.scale"], state[f"{name}.zero"] = q.scale.half(), q.zero.to(torch.uint8)
+            state[f"{name}.shape"] = torch.tensor([*tensor.shape, q.group_size])
+        else:
+            state[name] = tensor.detach().cpu()
+    return atomic_torch_save(state, path).stat().st_size
+
+
+def load_int4(model: torch.nn.Module, path) -> torch.nn.Module:
+    """A copy of `model` holding the weights of a save_int4 file, the 4-bit ones dequantized (weights only:
+    nothing in the file can run code)."""
+    import copy
+
+    from .files import safe_torch_load
+
+    blob = safe_torch_load(path)
+    state = {}
+    for name in model.state_dict():
+        if f"{name}.int4" in blob:
+            rows, cols, g = (int(v) for v in blob[f"{name}.shape"])
+            q = GroupQuant(unpack_int4(blob[f"{name}.int4"], (rows, cols)), blob[f"{name}.scale"].float(),
+                           blob[f"{name}.zero"].float(), 4, g)
+            state[name] = q.dequantize()
+        elif name in blob:
+            state[name] = blob[name]
+        else:
+            raise ValueError(f"{path}: no entry for {name!r}; not a save_int4 file of this model")
+    new = copy.deepcopy(model)
+    new.load_state_dict(state)
     return new
