@@ -623,6 +623,33 @@ def subnet_weight(fn: Callable) -> CheckResult:
         "(K - k) // 2 in both spatial dimensions",
         "lo = (weight.shape[-1] - k) // 2; return weight[:width, :c_in, lo:lo + k, lo:lo + k]"))
 
+
+def _gptq_step_reference(w: torch.Tensor, i: int, q: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    err = (w[:, i] - q) / u[i, i]
+    out = w.clone()
+    out[:, i:] -= err[:, None] * u[i, i:][None, :]
+    return out
+
+
+def gptq_step(fn: Callable) -> CheckResult:
+    """fn(w, i, q, u) -> a new w after GPTQ quantizes column i to q: err = (w[:, i] - q) / u[i, i], then every
+    column j >= i loses err * u[i, j] (u: the upper Cholesky factor of H^-1); column i itself becomes q."""
+    w = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.5, 0.0]])
+    u = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.25], [0.0, 0.0, 4.0]])
+    q = torch.tensor([1.5, -1.0])
+    big, h = _randn(5, 8, seed=41), _randn(40, 8, seed=42)
+    ub = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h.T @ h + torch.eye(8))), upper=True)
+    qb = torch.round(big[:, 2] * 4) / 4
+    cases = [Case("column 0 of a 2 x 3 weight, a hand-made u", (w, 0, q, u), _gptq_step_reference(w, 0, q, u)),
+             Case("column 1: the columns before it stay as they are", (w, 1, q, u), _gptq_step_reference(w, 1, q, u)),
+             Case("a 5 x 8 weight, u from a real H, column 2", (big, 2, qb, ub), _gptq_step_reference(big, 2, qb, ub))]
+    return run_checks("gptq_step", fn, cases, Hints(
+        "the rounding error of column i, scaled by 1 / u[i, i], is taken off every later column in proportion "
+        "to u[i, j]",
+        "err = (w[:, i] - q) / u[i, i] has one entry per row; err[:, None] * u[i, i:][None, :] is the update of "
+        "columns i.. (an outer product); work on w.clone()",
+        "out = w.clone(); err = (w[:, i] - q) / u[i, i]; out[:, i:] -= err[:, None] * u[i, i:][None, :]; return out"))
+
 # ---------------------------------------------------------------------------------------------
 # 00 setup: a latency measurement done right
 # ---------------------------------------------------------------------------------------------
@@ -995,3 +1022,37 @@ def validate_request(fn: Callable) -> CheckResult:
         "except (TypeError, ValueError, RuntimeError): raise ValueError(...); then refuse "
         "x.dim() != len(in_shape) + 1, tuple(x.shape[1:]) != tuple(in_shape), "
         "len(x) == 0, not torch.isfinite(x).all()"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 08c compression search: the fastest model within a point of the baseline
+# ---------------------------------------------------------------------------------------------
+
+def _acc_ms(acc: float, ms: float) -> dict:
+    return {"val_acc": acc, "latency_ms": ms}
+
+
+def fastest_within(fn: Callable) -> CheckResult:
+    """fn(points, baseline_acc, max_drop) -> the index of the fastest point (lowest "latency_ms") whose
+    "val_acc" is at least baseline_acc - max_drop (equal latencies: the more accurate, then the first),
+    or None when none qualifies; points with NaN are never picked. Compared with mokit.autocompress."""
+    from .autocompress import fastest_within as reference
+    pts = [_acc_ms(99.0, 4.0), _acc_ms(98.5, 2.0), _acc_ms(96.0, 0.5), _acc_ms(98.2, 1.5)]
+    gen = torch.Generator().manual_seed(17)
+    accs, mss = 95 + 5 * torch.rand(30, generator=gen), 0.5 + 4 * torch.rand(30, generator=gen)
+    many = [_acc_ms(round(float(a), 1), round(float(m), 1)) for a, m in zip(accs, mss)]
+    cases = [Case("the fastest is too inaccurate: the fastest of those within a point", (pts, 99.1, 1.0), 3),
+             Case("a tighter bar: half a point", (pts, 99.1, 0.5), 0),
+             Case("exactly at the bar counts", (pts, 99.2, 1.0), 3),
+             Case("nothing within the bar: None", (pts, 100.5, 1.0), None),
+             Case("equal latencies: the more accurate one", ([_acc_ms(98.0, 1.0), _acc_ms(98.6, 1.0)], 99.0, 1.0), 1),
+             Case("a NaN accuracy is never picked", expected=1,
+                  call=lambda f: f([_acc_ms(float("nan"), 0.1), _acc_ms(98.5, 2.0)], 99.0, 1.0)),
+             Case("30 random points, against mokit.autocompress.fastest_within", (many, 99.0, 2.0),
+                  reference(many, 99.0, 2.0))]
+    return run_checks("fastest_within", fn, cases, Hints(
+        "keep the points that lost at most max_drop points against the baseline, then take the fastest of them",
+        "a list of the indices i with points[i]['val_acc'] >= baseline_acc - max_drop (math.isnan leaves out NaN); "
+        "min(..., key=...) with a key of (latency, -accuracy) breaks ties by accuracy",
+        "ok = [i for i, p in enumerate(points) if not math.isnan(p['val_acc']) and p['val_acc'] >= baseline_acc - "
+        "max_drop]; return min(ok, key=lambda i: (points[i]['latency_ms'], -points[i]['val_acc'])) if ok else None"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mokit import check, distill, ensemble, nas, prune
+from mokit import autocompress, check, distill, ensemble, nas, prune
 from mokit import quantize as Q
 from mokit.train import warmup_cosine
 
@@ -242,8 +242,13 @@ RIGHT_AND_WRONG = {
     "subnet_weight": (lambda w, n, c, k: w[:n, :c, (w.shape[-1] - k) // 2:(w.shape[-1] + k) // 2,
                                             (w.shape[-1] - k) // 2:(w.shape[-1] + k) // 2],
                       lambda w, n, c, k: w[:n, :c, :k, :k]),                  # the corner, not the centre
+    "gptq_step": (lambda w, i, q, u: torch.stack([w[:, j] - (w[:, i] - q) / u[i, i] * u[i, j] if j >= i else w[:, j]
+                                                   for j in range(w.shape[1])], 1),
+                  lambda w, i, q, u: torch.cat([w[:, :i], w[:, i:] - (w[:, i] - q)[:, None] * u[i, i:][None, :]], 1)),
     "percentile": (lambda v, q: sorted(v)[int(q * (len(v) - 1))],
                    lambda v, q: sorted(v)[int(q * len(v)) - 1]),         # an off-by-one position
+    "fastest_within": (autocompress.fastest_within,
+                       lambda p, b, d: min(range(len(p)), key=lambda i: p[i]["latency_ms"])),   # ignores the bar
 }
 
 

@@ -23,7 +23,7 @@ LAYERS = [
     ["lowrank", "latency", "llm_compress"],   # factorises prune.prunable_layers; a per-layer latency table;
                                               # GPTQ, AWQ, SmoothQuant, SparseGPT on one weight at a time
     ["search"],
-    ["nas", "bench", "supernet"],      # supernet: one-shot NAS over a mokit.search space
+    ["nas", "bench", "supernet", "autocompress"],   # supernet: one-shot NAS over a mokit.search space
     ["procs", "runtime"],
     ["parallel", "export"],
     ["serve"],

@@ -12,7 +12,8 @@ Every trial (config, budget, metrics, seconds, status) is appended to
 <runs>/searches/<name>/trials.jsonl (fsync'd) the moment it finishes. A trial is keyed by a hash
 of (config, budget): a restarted search replays its seeded proposals, reads the finished trials
 back instead of running them again, and continues where it stopped. An objective that raises or
-returns NaN gives a "failed" trial (worst value); the search goes on.
+returns NaN gives a "failed" trial (worst value); the search goes on. `seconds=` gives any search a
+wall-clock budget: once it is spent no new trial starts, and the result says so (`timed_out`).
 
 Strategies: grid_search, random_search, successive_halving, hyperband, evolution (regularized /
 aging), hill_climb (greedy), tree_search (MCTS over the sequence of decisions), and optuna_search
@@ -42,7 +43,7 @@ from .checks import (
 from .objective import train_objective
 from .optuna_bridge import open_storage, optuna_search, param_importances, study_result
 from .ray_bridge import LocalRay, ray_search, ray_throughput
-from .runner import Runner, SearchResult, check_runner, evaluate_trial, format_config
+from .runner import OutOfTime, Runner, SearchResult, check_runner, check_seconds, evaluate_trial, format_config
 from .space import (
                      Param,
                      choice,
@@ -74,8 +75,9 @@ from .trials import Trial, TrialLog, check_search_name, jsonable, search_path, t
 
 __all__ = [
     "DRAWS_PER_TRIAL", "FEASIBLE_DRAWS", "MAX_COUNT", "MAX_EPOCHS", "MAX_ETA", "MAX_STALE", "STRATEGIES",
-    "LocalRay", "Param", "Runner", "SearchResult", "Trial", "TrialLog", "async_halving", "check_bool",
-    "check_budget", "check_callable", "check_count", "check_metric", "check_runner", "check_search_name",
+    "LocalRay", "OutOfTime", "Param", "Runner", "SearchResult", "Trial", "TrialLog", "async_halving",
+    "check_bool", "check_budget", "check_callable", "check_count", "check_metric", "check_runner",
+    "check_search_name", "check_seconds",
     "choice", "distinct_draws", "evaluate_trial", "evolution", "float_range", "format_config", "grid",
     "grid_search", "halve", "hill_climb", "hyperband", "idle_fraction", "int_range", "is_active", "jsonable",
     "mutate", "open_storage", "optuna_search", "parallel_halving", "param_importances", "random_search",

@@ -76,6 +76,7 @@ class _Pool:
             now = time.monotonic() - self.t0
             known.info.update(start=now, end=now, worker=-1)
             return known
+        self.run.check_time()                             # no new trial once the wall-clock budget is spent
         if self.pool is None:
             start = time.monotonic()
             trial = evaluate_trial(self.run.objective, self.run.metric, config, budget)
@@ -98,8 +99,16 @@ class _Pool:
         return self.run.record(trial)
 
     def close(self) -> None:
+        """Shut the workers down; trials that finished but were not taken yet (the search stopped early,
+        e.g. its wall-clock budget was spent) are recorded, so a resumed search finds them in the log."""
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        for future in self.futures:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self.ready.append(future.result())
+        self.futures.clear()
+        while self.ready:
+            self.next_done()
 
 
 def _check(workers, threads, n_configs, min_budget, max_budget, eta, seed, feasible) -> list[int]:

@@ -11,7 +11,7 @@ from typing import Literal
 from .. import validate
 from ..files import plain
 from .checks import MAX_ETA, check_budget, check_count
-from .runner import Runner, SearchResult
+from .runner import OutOfTime, Runner, SearchResult
 from .space import is_active, validate_space
 from .storage import (
     RECONNECT,
@@ -161,7 +161,8 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
                   maximize: bool = True, objectives: Sequence[tuple[str, bool]] | None = None,
                   pruner: str = "none", eta: int = 3, min_budget: int = 1,
                   storage=None, study_name: str | None = None, user_attrs: dict | None = None,
-                  quota: str = "study", name: str | None = None, path=None, verbose: bool = False) -> SearchResult:
+                  quota: str = "study", name: str | None = None, path=None, verbose: bool = False,
+                  seconds: float | None = None) -> SearchResult:
     """Optuna drives the search; mokit supplies the space, the objective and the trial log.
 
     sampler: 'tpe' | 'nsga2' (several objectives) | 'random'. objectives=[(metric, maximize), ...]
@@ -177,6 +178,7 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
     shared study (mokit.classroom); study_result keeps them in each Trial's info. quota 'study': n_trials
     counts every trial of the study; 'mine': only those carrying these user_attrs (each student adds
     n_trials of their own, and a rerun adds none once they are done).
+    seconds: this worker's wall-clock budget (see Runner): once spent it starts no new trial and returns.
     """
     import optuna
 
@@ -208,7 +210,8 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
                          "e.g. {'student': 'Ada'}")
     mine = tags if quota == "mine" else {}
     metric, maximize = objectives[0]
-    run = Runner(objective, metric=metric, maximize=maximize, name=name, path=path, verbose=verbose)
+    run = Runner(objective, metric=metric, maximize=maximize, name=name, path=path, verbose=verbose,
+                 seconds=seconds)
     validate_space(space)
     optuna.logging.set_verbosity(optuna.logging.ERROR)      # mokit prints failed trials itself
     directions: list[Literal["maximize", "minimize"]] = ["maximize" if mx else "minimize" for _, mx in objectives]
@@ -230,19 +233,26 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
 
     current: list[int] = []                        # the number of this worker's latest trial
 
+    def over(trial):
+        """Leave this trial out (it does not count, study_result skips it) and stop this worker."""
+        trial.set_user_attr("over_quota", True)
+        study.stop()
+        raise optuna.TrialPruned()
+
     def fn(trial):
         current[:] = [trial.number]
         if ahead(trial.number) >= n_trials:        # another worker took the last slot
-            trial.set_user_attr("over_quota", True)
-            study.stop()
-            raise optuna.TrialPruned()
+            over(trial)
         for key, value in tags.items():
             trial.set_user_attr(key, value)
         config = suggest(trial, space)
         trial.set_user_attr("config", jsonable(config))
         spent = 0
         for b in rungs:
-            t = run(config, b)
+            try:
+                t = run(config, b)
+            except OutOfTime:                      # the wall-clock budget is spent
+                over(trial)
             spent += b
             trial.set_user_attr("compute", spent)
             trial.set_user_attr("budget", b)
@@ -266,9 +276,12 @@ def optuna_search(objective: Callable, space: dict, *, budget: int, n_trials: in
         return any(t.number in current and t.state == optuna.trial.TrialState.FAIL
                    for t in study.get_trials(deepcopy=False))
 
-    _drive(study, store, lambda: ahead() < n_trials or bool(study.get_trials(deepcopy=False, states=waiting)),
+    _drive(study, store, lambda: not run.timed_out and (ahead() < n_trials
+                                                        or bool(study.get_trials(deepcopy=False, states=waiting))),
            lambda: study.optimize(fn, callbacks=[stop_when_done], catch=(Exception,)), taken)
-    return study_result(study, f"optuna_{sampler}", metric, maximize)
+    result = study_result(study, f"optuna_{sampler}", metric, maximize)
+    result.timed_out = run.timed_out
+    return result
 
 
 def _drive(study, store, more: Callable[[], bool], optimize: Callable[[], None], taken: Callable[[], bool]) -> None:

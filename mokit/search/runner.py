@@ -16,17 +16,28 @@ from .checks import check_budget, check_callable, check_metric
 from .trials import Trial, TrialLog, check_search_name, jsonable, search_path, trial_key
 
 
+class OutOfTime(Exception):
+    """Raised by a Runner asked for a new trial once its wall-clock budget (`seconds`) is spent."""
+
+
 class Runner:
     """Runs objective(config, budget) once per key, records every trial, persists it at once.
 
     The trials of this search, in order, are `self.trials`; a key already finished (in this run,
     or in the log of an earlier, killed run) is returned without running again.
+    seconds: a wall-clock budget counted from the Runner's creation; once it is spent a new trial is
+    refused (OutOfTime; `timed_out` becomes True), while trials this search or its log already has are
+    still returned. A trial that started in time runs to its end, so a search in this process overruns by
+    one trial at most (the halving strategies on worker processes stop submitting and record the trials in
+    flight as they finish).
     """
 
     def __init__(self, objective: Callable, *, metric: str = "score", maximize: bool = True,
-                 name: str | None = None, path: str | os.PathLike | None = None, verbose: bool = False):
-        check_runner(objective, metric, maximize, name, path, verbose)
+                 name: str | None = None, path: str | os.PathLike | None = None, verbose: bool = False,
+                 seconds: float | None = None):
+        seconds = check_runner(objective, metric, maximize, name, path, verbose, seconds)
         self.objective, self.metric, self.maximize, self.verbose = objective, metric, maximize, verbose
+        self.seconds, self.started, self.timed_out = seconds, time.monotonic(), False
         self.folder = Path(path) if path is not None else (search_path(name) if name else None)
         self.log: TrialLog | None = None
         self._done: dict[str, Trial] | None = None      # the log is read at the first trial, not before
@@ -49,7 +60,20 @@ class Runner:
         known = self.lookup(config, budget)
         if known is not None:
             return known
+        self.check_time()
         return self.record(evaluate_trial(self.objective, self.metric, config, budget))
+
+    @property
+    def out_of_time(self) -> bool:
+        """Whether the wall-clock budget `seconds` (if any) is spent."""
+        return self.seconds is not None and time.monotonic() - self.started >= self.seconds
+
+    def check_time(self) -> None:
+        """Raise OutOfTime (and mark the search timed out) when the wall-clock budget is spent."""
+        if self.out_of_time:
+            self.timed_out = True
+            raise OutOfTime(f"the search's wall-clock budget of {self.seconds:g} s is spent "
+                            f"after {len(self.trials)} trial(s)")
 
     def lookup(self, config: dict, budget: int) -> Trial | None:
         """The trial of (config, budget) if this search or its log already has it (then it joins
@@ -107,8 +131,8 @@ def format_config(config: dict) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
 
 
-def check_runner(objective, metric, maximize, name, path, verbose) -> None:
-    """A Runner's arguments (also checked by every strategy before it starts)."""
+def check_runner(objective, metric, maximize, name, path, verbose, seconds=None) -> float | None:
+    """A Runner's arguments (also checked by every strategy before it starts); returns `seconds` as a float."""
     check_callable("objective", objective, "objective(config, budget) -> float or dict", optional=False)
     check_metric("metric", metric)
     validate.flag("maximize", maximize)
@@ -117,6 +141,14 @@ def check_runner(objective, metric, maximize, name, path, verbose) -> None:
         raise ValueError(f"path must be a folder (str or os.PathLike) or None, got {path!r}")
     if name is not None:
         check_search_name(name)
+    return check_seconds(seconds)
+
+
+def check_seconds(seconds) -> float | None:
+    """A search's wall-clock budget: None (no limit) or a finite number of seconds > 0."""
+    if seconds is None:
+        return None
+    return validate.number("seconds", seconds, low=0, low_open=True, what="the search's wall-clock budget, or None")
 
 
 # SearchResult: best, compute, best-so-far curves, tables
@@ -128,6 +160,7 @@ class SearchResult:
     trials: list[Trial]
     metric: str = "score"
     maximize: bool = True
+    timed_out: bool = False          # the wall-clock budget (seconds=) stopped it before its own end
 
     @property
     def compute(self) -> int:

@@ -9,6 +9,7 @@ resumed), and returns a SearchResult. A loop checks its own options before its f
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -26,7 +27,7 @@ from .checks import (
     check_callable,
     check_count,
 )
-from .runner import Runner, SearchResult
+from .runner import OutOfTime, Runner, SearchResult
 from .space import grid, is_active, mutate, sample, validate_space, values
 from .trials import Trial
 
@@ -34,22 +35,27 @@ STRATEGIES: dict[str, Callable] = {}
 
 _SHARED = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for n, d, a in (
     ("metric", "score", "str"), ("maximize", True, "bool"), ("name", None, "str | None"),
-    ("path", None, "str | os.PathLike | None"), ("verbose", False, "bool"))]
+    ("path", None, "str | os.PathLike | None"), ("verbose", False, "bool"), ("seconds", None, "float | None"))]
 
 
 def strategy(key: str, label: str | None = None):
     """Register `loop(run, space, **options)` in STRATEGIES[key] as a search (see the module's docstring).
 
-    `label` names the strategy in its SearchResult (default: the key).
+    `label` names the strategy in its SearchResult (default: the key). `seconds` is a wall-clock budget:
+    once spent, the loop's next new trial is refused and the search returns the trials it has
+    (SearchResult.timed_out), see Runner.
     """
     def wrap(loop: Callable) -> Callable:
         @functools.wraps(loop)
         def search(objective: Callable, space: dict, *, metric: str = "score", maximize: bool = True,
-                   name: str | None = None, path=None, verbose: bool = False, **options) -> SearchResult:
-            run = Runner(objective, metric=metric, maximize=maximize, name=name, path=path, verbose=verbose)
+                   name: str | None = None, path=None, verbose: bool = False, seconds: float | None = None,
+                   **options) -> SearchResult:
+            run = Runner(objective, metric=metric, maximize=maximize, name=name, path=path, verbose=verbose,
+                         seconds=seconds)
             validate_space(space)
-            loop(run, space, **options)
-            return SearchResult(label or key, run.trials, metric, maximize)
+            with contextlib.suppress(OutOfTime):   # the wall-clock budget is spent: the trials so far
+                loop(run, space, **options)
+            return SearchResult(label or key, run.trials, metric, maximize, timed_out=run.timed_out)
 
         own = list(inspect.signature(loop).parameters.values())[2:]
         # what help() and IDEs show
