@@ -105,10 +105,10 @@ def test_tpe_on_a_ray_the_user_started_is_left_running():
     assert ray_leftovers() == []
 
 
-def make_sleeper():
+def make_sleeper(seconds: float):
     """An objective that sleeps (nested, so Ray pickles it by value): its trials can run side by side."""
     def sleeper(config, budget):
-        time.sleep(1.0)
+        time.sleep(seconds)
         return {"score": config["x"]}
     return sleeper
 
@@ -123,16 +123,18 @@ def overlaps(result) -> int:
 def test_concurrent_limits_the_trials_running_at_once_on_one_ray():
     """Tune ignores max_concurrent_trials for a search generator passed in: concurrent=1 must still mean one
     (ray_throughput's 1-at-a-time rate was measured with 2 running)."""
-    space, sleeper = {"x": S.float_range(0.0, 1.0)}, make_sleeper()
+    # 2 s per trial: under make test's load a second Ray worker took over 6 s to start (6 trials of 1 s ran
+    # one after the other), so the concurrent=2 search gets a 12 s window for its second worker
+    space, sleeper = {"x": S.float_range(0.0, 1.0)}, make_sleeper(2.0)
     with S.LocalRay(2):
         one = S.ray_search(sleeper, space, n_trials=4, max_budget=1, scheduler="fifo", concurrent=1)
         two = S.ray_search(sleeper, space, n_trials=6, max_budget=1, scheduler="fifo", concurrent=2)
         rates = S.ray_throughput(sleeper, space, n_trials=2, budget=1, concurrents=(1, 2))
     assert overlaps(one) == 0
-    assert overlaps(two) >= 1                    # a second worker started within the first one's 6 s
+    assert overlaps(two) >= 1                    # a second worker started within the first one's 12 s
     assert set(rates) == {1, 2}
     for r in rates.values():
-        assert r["window"] > 0 and r["wall"] > 0 and r["trial_seconds"] >= 2.0 and 0 < r["busy"] <= 1, rates
+        assert r["window"] > 0 and r["wall"] > 0 and r["trial_seconds"] >= 4.0 and 0 < r["busy"] <= 1, rates
     assert ray_leftovers() == []
 
 
