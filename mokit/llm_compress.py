@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from . import validate
+from .quantize import compute_qparams, quantize_tensor
 
 __all__ = ["GroupQuant", "SparseResult", "activation_fake_quant", "awq_scales", "compress_linears", "gptq",
            "groupwise_quantize", "hessian", "int8_outlier_matmul", "linear_inputs", "load_int4", "pack_int4", "rtn",
@@ -97,12 +98,9 @@ class GroupQuant:
 
 
 def _qparams(w: torch.Tensor, num_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Asymmetric min-max scale and zero point of each row of w (..., k), the range widened to hold 0."""
-    top = 2 ** num_bits - 1
-    lo, hi = w.amin(-1).clamp(max=0), w.amax(-1).clamp(min=0)
-    scale = ((hi - lo) / top).clamp(min=1e-8)
-    zero = torch.round(-lo / scale).clamp(0, top)
-    return scale, zero
+    """Asymmetric min-max scale and zero point of each row of w (..., k): quantize.compute_qparams."""
+    scale, zero = compute_qparams(w.amin(-1), w.amax(-1), num_bits)
+    return scale.to(w.dtype), zero.to(w.dtype)
 
 
 def _round(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -114,10 +112,11 @@ def groupwise_quantize(w: torch.Tensor, num_bits: int = 4, group_size: int | Non
     """Round to nearest with one min-max (scale, zero) per group of `group_size` consecutive columns of a row."""
     w = _weight(w)
     num_bits, g = _bits(num_bits), _group(group_size, w.shape[1])
-    groups = w.detach().float().reshape(w.shape[0], -1, g)                  # (out, groups, g)
-    scale, zero = _qparams(groups, num_bits)                                 # (out, groups)
-    codes = _round(groups, scale[..., None], zero[..., None], num_bits)
-    return GroupQuant(codes.reshape(w.shape).to(torch.uint8), scale, zero, num_bits, g)
+    rows = w.detach().float().reshape(-1, g)                                 # (out * groups, g): one per group
+    q = quantize_tensor(rows, num_bits, axis=0)                              # min-max per row, as everywhere
+    groups = (w.shape[0], w.shape[1] // g)
+    return GroupQuant(q.q.reshape(w.shape).to(torch.uint8), q.scale.reshape(groups),
+                      q.zero_point.reshape(groups).float(), num_bits, g)
 
 
 def rtn(w: torch.Tensor, num_bits: int = 4, group_size: int | None = None) -> torch.Tensor:
@@ -272,8 +271,7 @@ def awq_scales(w: torch.Tensor, x: torch.Tensor, num_bits: int = 4, group_size: 
 
 def _int8_rows(t: torch.Tensor) -> torch.Tensor:
     """Symmetric int8 fake quantization with one scale per row (vector-wise)."""
-    s = (t.abs().amax(1, keepdim=True) / 127).clamp(min=1e-12)
-    return torch.round(t / s).clamp(-127, 127) * s
+    return quantize_tensor(t, 8, symmetric=True, axis=0).dequantize()
 
 
 def int8_outlier_matmul(x: torch.Tensor, w: torch.Tensor, threshold: float = 6.0) -> torch.Tensor:
